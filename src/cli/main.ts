@@ -1,0 +1,93 @@
+import { setMaxListeners } from 'node:events';
+import { parseArgs } from 'node:util';
+import { resolvePaths } from '../config.js';
+import { ForksnapError } from '../errors.js';
+import { configureLogging } from '../log.js';
+import { snapshotCommands } from './snapshot-commands.js';
+import { vmCommands } from './vm-commands.js';
+import { reportError } from './output.js';
+import type { CliContext } from './context.js';
+
+const USAGE = `forksnap — fully consistent snapshots of running QEMU VMs
+
+Usage:
+  forksnap vm start SPEC.json                      start a VM from a spec file
+  forksnap vm attach NAME --qmp SOCKET [--pid PID] adopt a running QEMU
+  forksnap vm list                                 list VMs
+  forksnap vm stop NAME [--powerdown]              stop a VM
+  forksnap vm remove NAME                          forget a stopped VM
+  forksnap snapshot create VM [--name ID] [--strategy auto|fork|background-snapshot|precopy]
+                              [--disk-backend auto|reflink|qcow2-overlay] [--shutdown-timeout SEC]
+                              [--keep-crash-image] [--label KEY=VALUE]...
+  forksnap snapshot list [VM]                      list snapshots
+  forksnap snapshot show ID                        show a snapshot's metadata
+  forksnap snapshot delete ID                      delete a snapshot's images and metadata
+  forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
+  forksnap strategies VM                           capture strategies this VM's QEMU supports
+
+Global options:
+  --json              machine-readable output (JSON; progress as JSON lines)
+  --state-dir DIR     state directory (default $FORKSNAP_STATE_DIR or /var/lib/forksnap)
+  --log-level LEVEL   pino level (default info); logs go to stderr or --log-file
+  --log-file FILE     write logs to FILE
+Exit codes: 0 ok, 1 failure, 2 bad input, 3 refused (precondition), 4 not found, 130 cancelled.
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        json: { type: 'boolean', default: false },
+        'state-dir': { type: 'string' },
+        'log-level': { type: 'string' },
+        'log-file': { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+        qmp: { type: 'string' },
+        pid: { type: 'string' },
+        powerdown: { type: 'boolean', default: false },
+        name: { type: 'string' },
+        strategy: { type: 'string' },
+        'disk-backend': { type: 'string' },
+        'shutdown-timeout': { type: 'string' },
+        'keep-crash-image': { type: 'boolean', default: false },
+        label: { type: 'string', multiple: true },
+        vm: { type: 'string' },
+        restart: { type: 'boolean', default: false },
+      },
+    });
+  } catch (error) {
+    process.stderr.write(`forksnap: error [INVALID_INPUT]: ${(error as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help || positionals.length === 0) {
+    process.stdout.write(USAGE);
+    return values.help ? 0 : 2;
+  }
+  const log = configureLogging({ level: values['log-level'] ?? (values.json ? 'warn' : undefined), file: values['log-file'] });
+  const controller = new AbortController();
+  setMaxListeners(0, controller.signal);
+  const onSignal = (signal: NodeJS.Signals) => {
+    log.warn({ signal }, 'signal received: cancelling, the parent VM will be resumed and temporary files removed');
+    controller.abort(new ForksnapError('CANCELLED', `cancelled by ${signal}`, { signal }));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const context: CliContext = { paths: resolvePaths({ stateDir: values['state-dir'] }), log, json: values.json ?? false, signal: controller.signal, values };
+  try {
+    const [group, command, ...rest] = positionals;
+    if (group === 'vm') return await vmCommands(context, command, rest);
+    if (group === 'snapshot') return await snapshotCommands(context, command, rest);
+    if (group === 'strategies') return await snapshotCommands(context, 'strategies', [command ?? '', ...rest]);
+    throw new ForksnapError('INVALID_INPUT', `unknown command "${group}"; see forksnap --help`, { command: group });
+  } catch (error) {
+    return reportError(error, context.json);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}

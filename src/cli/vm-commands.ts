@@ -1,0 +1,67 @@
+import { ForksnapError } from '../errors.js';
+import { isAlive } from '../qemu/process-info.js';
+import { attachVm } from '../vm/attach-vm.js';
+import { listVms, loadVm, removeVm } from '../vm/registry.js';
+import { loadVmSpec } from '../vm/spec.js';
+import { startVm } from '../vm/start-vm.js';
+import { stopVm } from '../vm/stop-vm.js';
+import { refuseExtra, requireArg, type CliContext } from './context.js';
+import { printJson, printTable } from './output.js';
+
+export async function vmCommands(context: CliContext, command: string | undefined, rest: string[]): Promise<number> {
+  const { paths, log, json, values } = context;
+  switch (command) {
+    case 'start': {
+      const usage = 'forksnap vm start SPEC.json';
+      const [file, ...extra] = rest;
+      refuseExtra(extra, usage);
+      const spec = await loadVmSpec(requireArg(file, 'SPEC', usage));
+      const record = await startVm(paths, spec, { log, signal: context.signal });
+      if (json) printJson(record);
+      else process.stdout.write(`VM ${record.name} started (pid ${record.pid}, QMP ${record.qmpSocket})\n`);
+      return 0;
+    }
+    case 'attach': {
+      const usage = 'forksnap vm attach NAME --qmp SOCKET [--pid PID]';
+      const [name, ...extra] = rest;
+      refuseExtra(extra, usage);
+      const qmp = requireArg(values.qmp as string | undefined, '--qmp SOCKET', usage);
+      const pidText = values.pid as string | undefined;
+      if (pidText !== undefined && !/^\d+$/.test(pidText)) throw new ForksnapError('INVALID_INPUT', `--pid must be a process id, not "${pidText}"`, { pid: pidText });
+      const record = await attachVm(paths, requireArg(name, 'NAME', usage), { qmpSocket: qmp, pid: pidText ? Number(pidText) : undefined, log, signal: context.signal });
+      if (json) printJson(record);
+      else process.stdout.write(`VM ${record.name} attached (pid ${record.pid}, ${record.disks.length} writable disk(s): ${record.disks.map((d) => d.path).join(', ')})\n`);
+      return 0;
+    }
+    case 'list': {
+      refuseExtra(rest, 'forksnap vm list');
+      const vms = await listVms(paths);
+      const rows = await Promise.all(vms.map(async (vm) => ({ ...vm, running: vm.pid !== undefined && (await isAlive(vm.pid)) })));
+      if (json) printJson(rows);
+      else printTable(rows.map((vm) => ({ name: vm.name, origin: vm.origin, pid: vm.pid, state: vm.running ? 'running' : 'stopped', disks: vm.disks.length, qmp: vm.qmpSocket })), ['name', 'origin', 'pid', 'state', 'disks', 'qmp']);
+      return 0;
+    }
+    case 'stop': {
+      const usage = 'forksnap vm stop NAME [--powerdown]';
+      const [name, ...extra] = rest;
+      refuseExtra(extra, usage);
+      const result = await stopVm(paths, requireArg(name, 'NAME', usage), { powerdown: values.powerdown === true, log });
+      if (json) printJson({ vm: name, stopped: true, how: result.how });
+      else process.stdout.write(`VM ${name} stopped (${result.how})\n`);
+      return 0;
+    }
+    case 'remove': {
+      const usage = 'forksnap vm remove NAME';
+      const [name, ...extra] = rest;
+      refuseExtra(extra, usage);
+      const record = await loadVm(paths, requireArg(name, 'NAME', usage));
+      if (record.pid && (await isAlive(record.pid))) throw new ForksnapError('VM_RUNNING', `VM "${record.name}" is running; stop it first`, { vm: record.name });
+      await removeVm(paths, record.name);
+      if (json) printJson({ vm: record.name, removed: true });
+      else process.stdout.write(`VM ${record.name} removed (its disks are untouched)\n`);
+      return 0;
+    }
+    default:
+      throw new ForksnapError('INVALID_INPUT', `unknown vm command "${command ?? ''}"; one of start, attach, list, stop, remove`, { command });
+  }
+}

@@ -1,0 +1,53 @@
+import type { QmpClient } from '../qmp/client.js';
+import type { QmpEvent } from '../qmp/events.js';
+import { round } from '../jobs/phase-runner.js';
+import type { CaptureContext, CaptureResult, CaptureStrategy, StrategyName } from './strategy.js';
+import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migration.js';
+
+/**
+ * fork and background-snapshot: forksnap pauses the parent (QMP `stop` drains and flushes guest
+ * I/O), snapshots the disks, then starts the migration. QEMU saves the device state, arms its
+ * copy-on-write mechanism (fork(), or userfaultfd write-protection) and resumes the parent by
+ * itself at once (bg_migration_vm_start_bh in 7.2 calls vm_start() unconditionally; the fork patch
+ * does the same), long before the RAM has been streamed.
+ */
+export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background-snapshot'>, capability: string): CaptureStrategy {
+  return {
+    name,
+    capabilities: { [capability]: true },
+    async run(context: CaptureContext): Promise<CaptureResult> {
+      const { parent, phases, timeouts } = context;
+      const stop = await phases.run('halt', timeouts.haltMs, ({ signal }) => haltParent(parent, signal));
+      await phases.run('disk-snapshot', timeouts.diskSnapshotMs, ({ signal }) => context.atHalt(signal));
+      return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
+        await parent.execute('migrate', { uri: context.migrationUri }, { signal });
+        // The RESUME comes from QEMU once the copy-on-write is armed; a failure before that leaves
+        // the parent paused, which the job's undo handles.
+        const resume = await Promise.race([
+          parent.waitForEvent((event) => event.event === 'RESUME', signal, stop.timestampMs),
+          waitForMigrationStatus(parent, context.childProcess, () => false, { signal }).then(() => undefined as never),
+        ]);
+        const downtimeMs = round(resume.timestampMs - stop.timestampMs);
+        context.parentResumed(downtimeMs);
+        progress({ message: `parent resumed after ${downtimeMs} ms` });
+        await waitForMigrationStatus(parent, context.childProcess, (status) => status === 'completed', {
+          signal,
+          onProgress: (transfer) => progress(transfer),
+        });
+        await waitForIncomingComplete(context.child, context.childProcess, signal);
+        return { haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, stateCompleteAtMs: Date.now() };
+      });
+    },
+  };
+}
+
+/** `stop` and the STOP event that carries QEMU's own timestamp of the halt. */
+export async function haltParent(parent: QmpClient, signal: AbortSignal): Promise<QmpEvent> {
+  // QEMU stamps events with the host's real-time clock, the same clock as Date.now().
+  const since = Date.now() - 1;
+  await parent.execute('stop', undefined, { signal });
+  return parent.waitForEvent((event) => event.event === 'STOP', signal, since);
+}
+
+export const backgroundSnapshotStrategy = haltThenMigrate('background-snapshot', 'background-snapshot');
+export const forkStrategy = haltThenMigrate('fork', 'x-fork-snapshot');

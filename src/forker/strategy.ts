@@ -1,0 +1,49 @@
+import type { Logger } from 'pino';
+import type { PhaseRunner } from '../jobs/phase-runner.js';
+import type { QemuChildProcess } from '../qemu/child-process.js';
+import type { QmpClient } from '../qmp/client.js';
+
+/**
+ * A capture strategy streams the parent's RAM and device state into the waiting child QEMU, and
+ * decides when the parent is halted and resumed. Best first: fork, background-snapshot, precopy.
+ */
+export const STRATEGY_NAMES = ['fork', 'background-snapshot', 'precopy'] as const;
+export type StrategyName = (typeof STRATEGY_NAMES)[number];
+
+export interface CaptureTimeouts {
+  readonly haltMs: number;
+  readonly diskSnapshotMs: number;
+  readonly captureMs: number;
+}
+
+export interface CaptureContext {
+  readonly parent: QmpClient;
+  readonly child: QmpClient;
+  readonly childProcess: QemuChildProcess;
+  /** The child is listening here (migrate-incoming already issued). */
+  readonly migrationUri: string;
+  readonly phases: PhaseRunner;
+  readonly timeouts: CaptureTimeouts;
+  readonly log: Logger;
+  /** Snapshot every disk; the strategy calls it while the parent is paused and flushed. */
+  atHalt(signal: AbortSignal): Promise<void>;
+  /** Tell the job the parent runs again (it publishes the downtime). */
+  parentResumed(downtimeMs: number): void;
+}
+
+export interface CaptureResult {
+  /** QEMU's timestamp of the parent's STOP event (host clock, ms). */
+  readonly haltedAtMs: number;
+  /** QEMU's timestamp of the parent's RESUME event. */
+  readonly resumedAtMs: number;
+  readonly downtimeMs: number;
+  /** When the child had loaded the full state (host clock, ms). */
+  readonly stateCompleteAtMs: number;
+}
+
+export interface CaptureStrategy {
+  readonly name: StrategyName;
+  /** Migration capabilities to switch on in the parent for this capture. */
+  readonly capabilities: Record<string, boolean>;
+  run(context: CaptureContext): Promise<CaptureResult>;
+}

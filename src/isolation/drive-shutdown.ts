@@ -1,0 +1,67 @@
+import type { Logger } from 'pino';
+import type { Consistency } from '../jobs/events.js';
+import type { QemuChildProcess } from '../qemu/child-process.js';
+import type { QmpClient } from '../qmp/client.js';
+import { withDeadline } from '../util/abort.js';
+
+/**
+ * Let the child guest shut itself down: `cont`, press the ACPI power button, and wait for the
+ * guest's own poweroff (SHUTDOWN event with reason "guest-shutdown") under a timeout. On timeout
+ * press again and wait a grace period; then `quit`. Only a guest-initiated poweroff is labelled
+ * `clean`; anything else (timeout, reset, panic, QEMU dying) is `crash-consistent`.
+ */
+export interface ShutdownOutcome {
+  readonly consistency: Consistency;
+  readonly reason: string;
+  readonly presses: number;
+  readonly guestShutdownMs: number | undefined;
+}
+
+export async function driveShutdown(
+  child: QmpClient,
+  childProcess: QemuChildProcess,
+  options: { timeoutMs: number; graceMs?: number; signal: AbortSignal; log: Logger; onProgress?: (message: string) => void },
+): Promise<ShutdownOutcome> {
+  const { signal, log } = options;
+  const graceMs = options.graceMs ?? Math.min(30_000, Math.max(2_000, options.timeoutMs / 4));
+  const since = Date.now() - 1;
+  const shutdownEvent = child.waitForEvent((event) => event.event === 'SHUTDOWN' && event.data.guest === true, signal, since).then(
+    (event) => ({ kind: 'shutdown' as const, reason: String(event.data.reason ?? 'unknown'), at: event.timestampMs }),
+    (error: unknown) => {
+      if (signal.aborted) throw signal.reason;
+      return { kind: 'gone' as const, reason: (error as Error).message, at: Date.now() };
+    },
+  );
+  const exited = childProcess.exited.then((exit) => ({ kind: 'exited' as const, reason: `QEMU exited (${exit.exitCode ?? exit.signal})`, at: Date.now() }));
+  const within = (ms: number) => withDeadline(shutdownEvent, ms, () => ({ kind: 'timeout' as const, reason: '', at: Date.now() }), signal);
+
+  const started = Date.now();
+  await child.execute('cont', undefined, { signal });
+  await child.execute('system_powerdown', undefined, { signal });
+  let presses = 1;
+  options.onProgress?.('power button pressed');
+  let outcome = await within(options.timeoutMs);
+  if (outcome.kind === 'timeout') {
+    log.warn({ timeoutMs: options.timeoutMs }, 'guest did not power off; pressing the power button again');
+    options.onProgress?.(`no poweroff after ${options.timeoutMs} ms; pressing again`);
+    if (child.state === 'ready') await child.execute('system_powerdown', undefined, { signal }).catch(() => {});
+    presses++;
+    outcome = await within(graceMs);
+  }
+  if (outcome.kind === 'shutdown') {
+    // QEMU exits by itself after a guest poweroff; wait so the images are closed before they are read.
+    await withDeadline(exited, 15_000, () => undefined, signal);
+    const clean = outcome.reason === 'guest-shutdown';
+    return {
+      consistency: clean ? 'clean' : 'crash-consistent',
+      reason: clean ? 'the guest powered off by itself after the power button' : `the guest stopped with reason ${outcome.reason}, not an orderly poweroff`,
+      presses,
+      guestShutdownMs: outcome.at - started,
+    };
+  }
+  const reason = outcome.kind === 'timeout'
+    ? `the guest did not power off within ${options.timeoutMs + graceMs} ms after ${presses} presses of the power button; the child was stopped`
+    : `the child QEMU went away before the guest powered off: ${outcome.reason}`;
+  if (child.state === 'ready') await child.execute('quit').catch(() => {});
+  return { consistency: 'crash-consistent', reason, presses, guestShutdownMs: undefined };
+}

@@ -1,0 +1,59 @@
+/**
+ * Typed progress events of a snapshot job: the CLI renders them (progress bar or JSON lines), the
+ * daemon forwards them over WebSocket. Every event carries the job, a sequence number and a time.
+ */
+export type Phase =
+  | 'preflight'
+  | 'prepare'
+  | 'halt'
+  | 'disk-snapshot'
+  | 'capture'
+  | 'switchover'
+  | 'isolate'
+  | 'shutdown'
+  | 'materialise'
+  | 'merge'
+  | 'cleanup';
+
+export type Consistency = 'clean' | 'crash-consistent';
+
+export type JobEventBody =
+  | { type: 'job-started'; vm: string; strategy: string; diskBackends: Record<string, string> }
+  | { type: 'phase-start'; phase: Phase }
+  | { type: 'phase-progress'; phase: Phase; percent?: number; bytes?: number; totalBytes?: number; message?: string }
+  | { type: 'phase-end'; phase: Phase; durationMs: number }
+  | { type: 'parent-resumed'; downtimeMs: number }
+  | { type: 'strategy-fallback'; from: string; to: string; reason: string }
+  | { type: 'verdict'; consistency: Consistency; reason: string }
+  | { type: 'job-done'; snapshotId: string; consistency: Consistency; downtimeMs: number; durationMs: number }
+  | { type: 'job-failed'; code: string; message: string; phase?: Phase | undefined };
+
+export type JobEvent = JobEventBody & { readonly job: string; readonly seq: number; readonly time: string };
+
+export type JobEventListener = (event: JobEvent) => void;
+
+export class JobEventStream {
+  #seq = 0;
+  readonly #listeners = new Set<JobEventListener>();
+  readonly history: JobEvent[] = [];
+
+  constructor(readonly job: string) {}
+
+  emit(body: JobEventBody): JobEvent {
+    const event = { ...body, job: this.job, seq: ++this.#seq, time: new Date().toISOString() } as JobEvent;
+    this.history.push(event);
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener(event);
+      } catch {
+        // a listener must never break the job
+      }
+    }
+    return event;
+  }
+
+  subscribe(listener: JobEventListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+}
