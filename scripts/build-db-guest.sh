@@ -195,6 +195,8 @@ in_root systemctl mask \
 	systemd-timesyncd.service systemd-logind.service getty@tty1.service \
 	systemd-hwdb-update.service ldconfig.service systemd-journal-catalog-update.service \
 	systemd-update-done.service systemd-pstore.service systemd-firstboot.service \
+	getty-static.service systemd-random-seed.service systemd-journal-flush.service \
+	systemd-update-utmp.service systemd-update-utmp-runlevel.service \
 	modprobe@drm.service modprobe@efi_pstore.service modprobe@fuse.service \
 	modprobe@configfs.service modprobe@dm_mod.service modprobe@loop.service \
 	sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount \

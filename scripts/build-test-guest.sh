@@ -170,8 +170,9 @@ ensure_packages
 
 if [ -n "${FORKSNAP_KERNEL_VERSION:-}" ]; then
 	KVER=$FORKSNAP_KERNEL_VERSION
-	[ -f "/boot/vmlinuz-$KVER" ] && [ -f "/lib/modules/$KVER/modules.dep" ] \
-		|| die "kernel $KVER is not installed"
+	if [ ! -f "/boot/vmlinuz-$KVER" ] || [ ! -f "/lib/modules/$KVER/modules.dep" ]; then
+		die "kernel $KVER is not installed"
+	fi
 else
 	KVER=$(installed_kernels | sort -V | tail -n 1)
 	[ -n "$KVER" ] || die "no installed kernel with modules found"
@@ -215,6 +216,9 @@ if [ -e "$OUT" ]; then
 	rm -rf "$OUT"
 fi
 
+# Leftovers of builds that were killed (builds are serialized by the lock).
+rm -rf "$CACHE_ROOT"/.build-*
+
 log "building test guest $KEY (kernel $KVER)"
 TMP=$(mktemp -d "$CACHE_ROOT/.build-$KEY.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
@@ -244,7 +248,7 @@ printf 'key=%s\nkernel=%s\n' "$KEY" "$KVER" > "$ROOT/etc/fsnap-build"
 
 # --- kernel modules, in load order
 for entry in "${WANTED_MODULES[@]}"; do
-	add_module ${entry}
+	add_module "${entry% *}" "${entry#* }"
 done
 {
 	echo "# module required|optional (load order, generated for $KVER)"

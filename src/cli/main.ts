@@ -18,7 +18,7 @@ Usage:
   forksnap vm remove NAME                          forget a stopped VM
   forksnap snapshot create VM [--name ID] [--strategy auto|fork|background-snapshot|precopy]
                               [--disk-backend auto|reflink|qcow2-overlay] [--shutdown-timeout SEC]
-                              [--keep-crash-image] [--label KEY=VALUE]...
+                              [--keep-crash-image] [--label KEY=VALUE]... [--max-bandwidth MIB_PER_S]
   forksnap snapshot list [VM]                      list snapshots
   forksnap snapshot show ID                        show a snapshot's metadata
   forksnap snapshot delete ID                      delete a snapshot's images and metadata
@@ -53,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
         strategy: { type: 'string' },
         'disk-backend': { type: 'string' },
         'shutdown-timeout': { type: 'string' },
+        'max-bandwidth': { type: 'string' },
         'keep-crash-image': { type: 'boolean', default: false },
         label: { type: 'string', multiple: true },
         vm: { type: 'string' },

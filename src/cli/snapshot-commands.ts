@@ -42,6 +42,8 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const diskBackend = parseChoice(values['disk-backend'] ?? 'auto', BACKENDS, '--disk-backend') as DiskBackendName | 'auto';
       const timeoutText = values['shutdown-timeout'] as string | undefined;
       if (timeoutText !== undefined && !/^\d+(\.\d+)?$/.test(timeoutText)) throw new ForksnapError('INVALID_INPUT', `--shutdown-timeout must be a number of seconds, not "${timeoutText}"`, {});
+      const bandwidthText = values['max-bandwidth'] as string | undefined;
+      if (bandwidthText !== undefined && !/^\d+(\.\d+)?$/.test(bandwidthText)) throw new ForksnapError('INVALID_INPUT', `--max-bandwidth must be a number of MiB/s, not "${bandwidthText}"`, {});
       const name = values.name as string | undefined;
       if (name !== undefined) validateName('snapshot', name);
       const job = newJobId();
@@ -57,6 +59,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
           diskBackend,
           keepCrashImage: values['keep-crash-image'] === true,
           labels: parseLabels(values.label),
+          maxBandwidth: bandwidthText ? Math.round(Number(bandwidthText) * 1048576) : undefined,
           timeouts: timeoutText ? { shutdownMs: Number(timeoutText) * 1000 } : {},
           paths,
           log,

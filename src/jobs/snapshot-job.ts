@@ -25,6 +25,8 @@ import { inspectVm } from '../vm/inspect.js';
 import { loadVm } from '../vm/registry.js';
 import { ensureParentRunning } from './ensure-parent-running.js';
 import { JobEventStream } from './events.js';
+import { JobJournal } from './journal.js';
+import { recoverInterruptedJobs } from './recover-job.js';
 import { PhaseRunner } from './phase-runner.js';
 import { lockVm } from './vm-lock.js';
 
@@ -61,6 +63,8 @@ export interface SnapshotJobOptions {
   /** Also keep the disks as they were at the halt (crash-consistent), for comparison. */
   readonly keepCrashImage?: boolean;
   readonly labels?: Record<string, string>;
+  /** Migration bandwidth cap in bytes/s, to limit the capture's load on the host (default: unlimited). */
+  readonly maxBandwidth?: number | undefined;
   readonly timeouts?: Partial<SnapshotJobTimeouts>;
   readonly paths: Paths;
   readonly log: Logger;
@@ -91,12 +95,23 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
   let parent: QmpClient | undefined;
   let parentSocket = '';
   let failed = false;
+  let journal: JobJournal | undefined;
   try {
     const pre = await phases.run('preflight', timeouts.preflightMs, async ({ signal }) => {
       const record = await loadVm(options.paths, options.vm);
       const snapshotId = options.snapshotId ? validateName('snapshot', options.snapshotId) : await defaultSnapshotId(options.paths, options.vm);
+      // A job on this VM whose process died left a journal: unwind it before anything else.
+      for (const recovered of await recoverInterruptedJobs(options.paths, log, options.vm)) {
+        log.warn(recovered, 'recovered an interrupted earlier job on this VM');
+      }
       undo.push('unlock VM', await lockVm(options.paths, options.vm, job));
       parentSocket = record.qmpSocket;
+      journal = new JobJournal(options.paths, { job, vm: options.vm, parentSocket });
+      await journal.update(() => ({}));
+      const written = journal;
+      events.subscribe((event) => {
+        if (event.type === 'phase-start') written.update(() => ({ phase: event.phase })).catch(() => {});
+      });
       if (!record.pid) throw new ForksnapError('VM_NOT_RUNNING', `VM "${options.vm}" has no known QEMU pid; re-attach it with --pid`, { vm: options.vm });
       parent = await QmpClient.connect(record.qmpSocket, { log, signal }).catch((error: unknown) => {
         throw new ForksnapError('VM_NOT_RUNNING', `VM "${options.vm}" does not answer on its QMP socket ${record.qmpSocket}: ${errorMessage(error)}`, { vm: options.vm }, { cause: error });
@@ -116,6 +131,7 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
     const childQmpSocket = path.join(workDir, 'child-qmp.sock');
 
     const prepared = await phases.run('prepare', timeouts.prepareMs, async ({ signal, log: phaseLog }) => {
+      await journal!.update(() => ({ workDir }));
       await mkdir(workDir, { recursive: true });
       undo.push('remove work dir', () => rm(workDir, { recursive: true, force: true }));
       const snapshots: DiskSnapshot[] = [];
@@ -129,12 +145,14 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
         snapshot ??= await overlayBackend.prepare(disk, context, signal);
         if (!snapshot) throw new ForksnapError('DISK_BACKEND_UNSUPPORTED', `no disk backend can snapshot ${disk.id} (${disk.file})`, { disk: disk.id });
         const made = snapshot;
+        await journal!.update((entry) => ({ tempFiles: [...entry.tempFiles, ...made.tempFiles] }));
         undo.push(`discard snapshot files of ${disk.id}`, () => made.discard());
         snapshots.push(made);
       }
       const childDisks = new Map<string, ChildDisk>(snapshots.map((snapshot) => [snapshot.disk.id, snapshot.child]));
       const argv = buildChildArgv(inventory, childDisks, childQmpSocket);
       const childProcess = QemuChildProcess.spawn(argv, log.child({ role: 'child' }));
+      await journal!.update(() => ({ childPid: childProcess.pid, childArgv0: argv[0] }));
       let child: QmpClient | undefined;
       undo.push('stop the child QEMU', async () => {
         await childProcess.terminate(child);
@@ -143,15 +161,19 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       child = await childProcess.connectQmp(childQmpSocket, signal);
       await verifyChildMatchesParent(pre.parent, child, signal);
       await child.execute('migrate-incoming', { uri: `unix:${migrationSocket}` }, { signal });
-      const restore = await applyMigrationSettings(pre.parent, { capabilities: strategy.capabilities, parameters: { 'max-bandwidth': FAST_BANDWIDTH } }, signal);
+      const restore = await applyMigrationSettings(pre.parent, { capabilities: strategy.capabilities, parameters: { 'max-bandwidth': options.maxBandwidth ?? FAST_BANDWIDTH } }, signal);
       undo.push('restore parent migration settings', restore);
       return { snapshots, childProcess, child, restoreMigrationSettings: restore };
     });
     const { snapshots, childProcess, child } = prepared;
     events.emit({ type: 'job-started', vm: options.vm, strategy: strategy.name, diskBackends: Object.fromEntries(snapshots.map((s) => [s.disk.id, s.backend])) });
 
-    const resumeParent = () => ensureParentRunning(parent, parentSocket, log);
+    const resumeParent = async () => {
+      await ensureParentRunning(parent, parentSocket, log);
+      await journal?.update(() => ({ halted: false }));
+    };
     undo.push('resume the parent', resumeParent);
+    await journal!.update(() => ({ halted: true }));
     let downtimeMs = Number.NaN;
     const capture: CaptureResult = await strategy.run({
       parent: pre.parent,
@@ -162,6 +184,9 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       timeouts: { haltMs: timeouts.haltMs, diskSnapshotMs: timeouts.diskSnapshotMs, captureMs: timeouts.captureMs },
       log,
       atHalt: async (signal) => {
+        await journal!.update((entry) => ({
+          overlays: snapshots.filter((s) => s.parentOverlay).map((s) => ({ disk: s.disk.id, overlayNode: s.parentOverlay!.node, baseNode: s.disk.nodeName, overlayFile: s.parentOverlay!.file, baseFile: s.disk.file })).concat(entry.overlays),
+        }));
         for (const snapshot of snapshots) {
           const { undo: merge } = await snapshot.commitAtHalt(signal);
           if (merge) undo.push(`merge the parent overlay of ${snapshot.disk.id}`, merge);
@@ -187,6 +212,7 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
     child.close();
 
     const target = await beginSnapshot(options.paths, snapshotId);
+    await journal!.update(() => ({ partialSnapshotDir: target.dir }));
     undo.push('remove the partial snapshot', target.abort);
     const disks = await phases.run('materialise', timeouts.materialiseMs, async ({ signal, progress }) => {
       const results: SnapshotMeta['disks'] = [];
@@ -246,7 +272,8 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       log.error({ err: errorMessage(error) }, 'cleanup failed');
       return ['cleanup'];
     });
-    if (failedUndos.length > 0) log.error({ failedUndos, jobFailed: failed }, 'some clean-up steps failed; see the log above');
+    if (failedUndos.length > 0) log.error({ failedUndos, jobFailed: failed }, 'some clean-up steps failed; the journal is kept so the next job on this VM (or the daemon) retries them');
+    else await journal?.remove();
   }
 }
 

@@ -28,6 +28,10 @@ export interface DiskSnapshot {
   readonly backend: DiskBackendName;
   readonly disk: ParentDisk;
   readonly child: ChildDisk;
+  /** Files this snapshot creates outside the job's work dir (journaled for crash recovery). */
+  readonly tempFiles: readonly string[];
+  /** Set when commitAtHalt moves the parent onto an overlay (journaled before it happens). */
+  readonly parentOverlay?: { readonly node: string; readonly file: string };
   commitAtHalt(signal: AbortSignal): Promise<{ undo?: () => Promise<void> }>;
   /** Capture the crash-consistent state at the halt for comparison; called right after commitAtHalt. */
   keepCrashImage?(signal: AbortSignal): Promise<void>;

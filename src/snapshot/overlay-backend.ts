@@ -50,6 +50,8 @@ export const overlayBackend: DiskBackend = {
       backend: 'qcow2-overlay',
       disk,
       child: { path: childOverlay, format: 'qcow2' },
+      tempFiles: [childOverlay],
+      parentOverlay: { node: overlayNode, file: parentOverlay },
       async commitAtHalt(signal) {
         try {
           await context.parent.execute('blockdev-snapshot-sync', { 'node-name': disk.nodeName, 'snapshot-file': parentOverlay, 'snapshot-node-name': overlayNode, format: 'qcow2', mode: 'existing' }, { signal });

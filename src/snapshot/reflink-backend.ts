@@ -58,6 +58,7 @@ export const reflinkBackend: DiskBackend = {
       backend: 'reflink',
       disk,
       child: { path: clone, format },
+      tempFiles: [clone, crash],
       async commitAtHalt() {
         try {
           await ficlone(disk.file, clone);

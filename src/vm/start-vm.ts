@@ -36,7 +36,7 @@ export async function startVm(paths: Paths, spec: VmSpec, options: { log: Logger
     '-daemonize',
     '-pidfile', pidFile,
   ];
-  options.log.info({ vm: spec.name, argv }, 'starting VM');
+  options.log.debug({ vm: spec.name, argv }, 'starting VM');
   const result = await execa(argv[0]!, argv.slice(1), { reject: false, all: true, cancelSignal: options.signal, timeout: 60_000 });
   if (result.exitCode !== 0) {
     throw new ForksnapError('VM_START_FAILED', `QEMU failed to start VM "${spec.name}" (exit ${result.exitCode}): ${(result.all ?? '').trim().slice(-2000)}`, { vm: spec.name, argv, exitCode: result.exitCode });
