@@ -12,7 +12,7 @@
 interface CodeInfo {
   /** HTTP status the daemon answers with. */
   readonly http: number;
-  /** Process exit code of the CLI. 2 = bad input, 3 = refused precondition, 4 = not found, 1 = failure. */
+  /** Process exit code of the CLI. 2 = bad input, 3 = refused precondition, 4 = not found, 5 = a hook failed, 1 = failure. */
   readonly exit: number;
   readonly summary: string;
 }
@@ -49,6 +49,19 @@ export const ERROR_CODES = {
   PHASE_TIMEOUT: { http: 504, exit: 1, summary: 'a phase took longer than its timeout' },
   TOOL_FAILED: { http: 500, exit: 1, summary: 'an external tool failed' },
   CANCELLED: { http: 499, exit: 130, summary: 'the operation was cancelled' },
+  HOOK_FAILED: { http: 500, exit: 5, summary: 'a pre or post hook command failed (a failing pre hook aborts before the halt)' },
+  CONFIG_INVALID: { http: 400, exit: 2, summary: 'the daemon configuration file does not validate' },
+  INVALID_JSON: { http: 400, exit: 2, summary: 'the request body is not valid JSON' },
+  BODY_TOO_LARGE: { http: 413, exit: 2, summary: 'the request body exceeds the daemon\'s limit' },
+  UNAUTHORIZED: { http: 401, exit: 3, summary: 'a bearer token is required and was missing or wrong' },
+  ROUTE_NOT_FOUND: { http: 404, exit: 4, summary: 'no API route at that path' },
+  METHOD_NOT_ALLOWED: { http: 405, exit: 2, summary: 'the route exists but not for that HTTP method' },
+  JOB_NOT_FOUND: { http: 404, exit: 4, summary: 'no job of that id' },
+  JOB_FINISHED: { http: 409, exit: 3, summary: 'the job has already finished' },
+  DAEMON_SHUTTING_DOWN: { http: 503, exit: 1, summary: 'the daemon is shutting down and accepts no new jobs' },
+  DAEMON_RUNNING: { http: 409, exit: 3, summary: 'another daemon already listens on that socket' },
+  DAEMON_UNREACHABLE: { http: 503, exit: 1, summary: 'the daemon socket does not answer' },
+  DAEMON_INTERRUPTED: { http: 500, exit: 1, summary: 'the daemon stopped while the job ran; the job was unwound when it restarted' },
   INTERNAL: { http: 500, exit: 1, summary: 'internal error' },
 } as const satisfies Record<string, CodeInfo>;
 

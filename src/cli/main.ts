@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { resolvePaths } from '../config.js';
 import { ForksnapError } from '../errors.js';
 import { configureLogging } from '../log.js';
+import { serveCommand } from './serve-command.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { vmCommands } from './vm-commands.js';
 import { reportError } from './output.js';
@@ -24,13 +25,18 @@ Usage:
   forksnap snapshot delete ID                      delete a snapshot's images and metadata
   forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
   forksnap strategies VM                           capture strategies this VM's QEMU supports
+  forksnap serve [--config FILE] [--socket PATH] [--listen HOST:PORT --token-file FILE] [--max-concurrent-jobs N]
+                                                   run the daemon (HTTP+WebSocket API, schedules, hooks)
 
 Global options:
   --json              machine-readable output (JSON; progress as JSON lines)
   --state-dir DIR     state directory (default $FORKSNAP_STATE_DIR or /var/lib/forksnap)
   --log-level LEVEL   pino level (default info); logs go to stderr or --log-file
   --log-file FILE     write logs to FILE
-Exit codes: 0 ok, 1 failure, 2 bad input, 3 refused (precondition), 4 not found, 130 cancelled.
+  --socket PATH       daemon socket (default $FORKSNAP_SOCKET or <state-dir>/forksnap.sock); commands use
+                      the daemon when it answers there, else run in-process
+  --no-daemon         always run in-process
+Exit codes: 0 ok, 1 failure, 2 bad input, 3 refused (precondition), 4 not found, 5 a hook failed, 130 cancelled.
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -58,6 +64,12 @@ export async function main(argv: string[]): Promise<number> {
         label: { type: 'string', multiple: true },
         vm: { type: 'string' },
         restart: { type: 'boolean', default: false },
+        socket: { type: 'string' },
+        'no-daemon': { type: 'boolean', default: false },
+        config: { type: 'string' },
+        listen: { type: 'string' },
+        'token-file': { type: 'string' },
+        'max-concurrent-jobs': { type: 'string' },
       },
     });
   } catch (error) {
@@ -84,6 +96,7 @@ export async function main(argv: string[]): Promise<number> {
     if (group === 'vm') return await vmCommands(context, command, rest);
     if (group === 'snapshot') return await snapshotCommands(context, command, rest);
     if (group === 'strategies') return await snapshotCommands(context, 'strategies', [command ?? '', ...rest]);
+    if (group === 'serve') return await serveCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
     throw new ForksnapError('INVALID_INPUT', `unknown command "${group}"; see forksnap --help`, { command: group });
   } catch (error) {
     return reportError(error, context.json);

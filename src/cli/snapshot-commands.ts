@@ -1,15 +1,15 @@
 import { ForksnapError } from '../errors.js';
 import { supportedStrategies } from '../forker/choose-strategy.js';
 import { STRATEGY_NAMES, type StrategyName } from '../forker/strategy.js';
-import { JobEventStream } from '../jobs/events.js';
-import { newJobId, runSnapshotJob } from '../jobs/snapshot-job.js';
 import { QmpClient } from '../qmp/client.js';
 import type { DiskBackendName } from '../snapshot/disk-backend.js';
 import { revertToSnapshot } from '../snapshot/revert.js';
-import { deleteSnapshot, listSnapshots, loadSnapshot } from '../snapshot/store.js';
+import { deleteSnapshot, listSnapshots, loadSnapshot, type SnapshotMeta } from '../snapshot/store.js';
 import { validateName } from '../validate-name.js';
 import { loadVm } from '../vm/registry.js';
 import { refuseExtra, requireArg, type CliContext } from './context.js';
+import { createSnapshot } from './create-snapshot.js';
+import { viaDaemon } from './daemon-client.js';
 import { eventRenderer, printJson, printTable } from './output.js';
 
 const BACKENDS = ['auto', 'reflink', 'qcow2-overlay'] as const;
@@ -46,26 +46,19 @@ export async function snapshotCommands(context: CliContext, command: string | un
       if (bandwidthText !== undefined && !/^\d+(\.\d+)?$/.test(bandwidthText)) throw new ForksnapError('INVALID_INPUT', `--max-bandwidth must be a number of MiB/s, not "${bandwidthText}"`, {});
       const name = values.name as string | undefined;
       if (name !== undefined) validateName('snapshot', name);
-      const job = newJobId();
-      const events = new JobEventStream(job);
       const renderer = eventRenderer(json || !process.stderr.isTTY ? 'json-lines' : 'tty');
-      events.subscribe(renderer.onEvent);
       try {
-        const meta = await runSnapshotJob({
+        // Through the daemon if one answers, else in-process: the same events and result either way.
+        const meta = await createSnapshot(context, {
           vm: vm!,
           snapshotId: name,
-          jobId: job,
           strategy,
           diskBackend,
           keepCrashImage: values['keep-crash-image'] === true,
           labels: parseLabels(values.label),
           maxBandwidth: bandwidthText ? Math.round(Number(bandwidthText) * 1048576) : undefined,
-          timeouts: timeoutText ? { shutdownMs: Number(timeoutText) * 1000 } : {},
-          paths,
-          log,
-          signal: context.signal,
-          events,
-        });
+          shutdownTimeoutSeconds: timeoutText ? Number(timeoutText) : undefined,
+        }, renderer.onEvent);
         renderer.stop();
         if (json || !process.stderr.isTTY) process.stdout.write(`${JSON.stringify({ type: 'result', snapshot: meta })}\n`);
         else process.stdout.write(`snapshot ${meta.id}: ${meta.consistency}, parent downtime ${meta.parentDowntimeMs} ms, strategy ${meta.strategy}, image ready ${(meta.timeToImageMs / 1000).toFixed(1)} s after the halt\n`);
@@ -78,7 +71,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const [vm, ...extra] = rest;
       refuseExtra(extra, 'forksnap snapshot list [VM]');
       if (vm) validateName('VM', vm);
-      const metas = await listSnapshots(paths, vm);
+      const metas = await viaDaemon(context, (daemon) => daemon.request<SnapshotMeta[]>('GET', `/v1/snapshots${vm ? `?vm=${encodeURIComponent(vm)}` : ''}`), () => listSnapshots(paths, vm));
       if (json) printJson(metas);
       else printTable(metas.map((m) => ({ id: m.id, vm: m.vm, created: m.createdAt, consistency: m.consistency, strategy: m.strategy, 'downtime ms': m.parentDowntimeMs, disks: m.disks.length })), ['id', 'vm', 'created', 'consistency', 'strategy', 'downtime ms', 'disks']);
       return 0;
@@ -87,7 +80,8 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const usage = 'forksnap snapshot show ID';
       const [id, ...extra] = rest;
       refuseExtra(extra, usage);
-      const meta = await loadSnapshot(paths, requireArg(id, 'ID', usage));
+      requireArg(id, 'ID', usage);
+      const meta = await viaDaemon(context, (daemon) => daemon.request<SnapshotMeta & { dir: string }>('GET', `/v1/snapshots/${encodeURIComponent(id!)}`), () => loadSnapshot(paths, id!));
       if (json) printJson(meta);
       else {
         process.stdout.write(`${meta.id}\n  vm:           ${meta.vm}\n  created:      ${meta.createdAt}\n  consistency:  ${meta.consistency} (${meta.consistencyReason})\n  strategy:     ${meta.strategy}\n  downtime:     ${meta.parentDowntimeMs} ms\n  state ready:  ${meta.timeToStateMs} ms after the halt\n  image ready:  ${meta.timeToImageMs} ms after the halt\n  phases (ms):  ${Object.entries(meta.phasesMs).map(([k, v]) => `${k}=${Math.round(v)}`).join(' ')}\n`);
@@ -99,7 +93,8 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const usage = 'forksnap snapshot delete ID';
       const [id, ...extra] = rest;
       refuseExtra(extra, usage);
-      await deleteSnapshot(paths, requireArg(id, 'ID', usage));
+      requireArg(id, 'ID', usage);
+      await viaDaemon(context, (daemon) => daemon.request('DELETE', `/v1/snapshots/${encodeURIComponent(id!)}`), () => deleteSnapshot(paths, id!));
       if (json) printJson({ id, deleted: true });
       else process.stdout.write(`snapshot ${id} deleted\n`);
       return 0;
@@ -108,7 +103,8 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const usage = 'forksnap snapshot revert ID [--vm NAME] [--restart]';
       const [id, ...extra] = rest;
       refuseExtra(extra, usage);
-      const result = await revertToSnapshot(paths, requireArg(id, 'ID', usage), { vm: values.vm as string | undefined, restart: values.restart === true, log });
+      requireArg(id, 'ID', usage);
+      const result = await viaDaemon(context, (daemon) => daemon.request<Awaited<ReturnType<typeof revertToSnapshot>>>('POST', `/v1/snapshots/${encodeURIComponent(id!)}/revert`, { vm: values.vm, restart: values.restart === true }), () => revertToSnapshot(paths, id!, { vm: values.vm as string | undefined, restart: values.restart === true, log }));
       if (json) printJson({ id, ...result });
       else process.stdout.write(`VM ${result.vm} reverted to ${id} (${result.disks.join(', ')})${result.restarted ? ' and restarted' : ''}\n`);
       return 0;

@@ -1,11 +1,13 @@
+import path from 'node:path';
 import { ForksnapError } from '../errors.js';
 import { isAlive } from '../qemu/process-info.js';
 import { attachVm } from '../vm/attach-vm.js';
-import { listVms, loadVm, removeVm } from '../vm/registry.js';
+import { listVms, loadVm, removeVm, type VmRecord } from '../vm/registry.js';
 import { loadVmSpec } from '../vm/spec.js';
 import { startVm } from '../vm/start-vm.js';
 import { stopVm } from '../vm/stop-vm.js';
 import { refuseExtra, requireArg, type CliContext } from './context.js';
+import { viaDaemon } from './daemon-client.js';
 import { printJson, printTable } from './output.js';
 
 export async function vmCommands(context: CliContext, command: string | undefined, rest: string[]): Promise<number> {
@@ -28,15 +30,15 @@ export async function vmCommands(context: CliContext, command: string | undefine
       const qmp = requireArg(values.qmp as string | undefined, '--qmp SOCKET', usage);
       const pidText = values.pid as string | undefined;
       if (pidText !== undefined && !/^\d+$/.test(pidText)) throw new ForksnapError('INVALID_INPUT', `--pid must be a process id, not "${pidText}"`, { pid: pidText });
-      const record = await attachVm(paths, requireArg(name, 'NAME', usage), { qmpSocket: qmp, pid: pidText ? Number(pidText) : undefined, log, signal: context.signal });
+      requireArg(name, 'NAME', usage);
+      const record = await viaDaemon(context, (daemon) => daemon.request<VmRecord>('POST', '/v1/vms', { name, qmpSocket: path.resolve(qmp), ...(pidText ? { pid: Number(pidText) } : {}) }), () => attachVm(paths, name!, { qmpSocket: qmp, pid: pidText ? Number(pidText) : undefined, log, signal: context.signal }));
       if (json) printJson(record);
       else process.stdout.write(`VM ${record.name} attached (pid ${record.pid}, ${record.disks.length} writable disk(s): ${record.disks.map((d) => d.path).join(', ')})\n`);
       return 0;
     }
     case 'list': {
       refuseExtra(rest, 'forksnap vm list');
-      const vms = await listVms(paths);
-      const rows = await Promise.all(vms.map(async (vm) => ({ ...vm, running: vm.pid !== undefined && (await isAlive(vm.pid)) })));
+      const rows = await viaDaemon(context, (daemon) => daemon.request<(VmRecord & { running: boolean })[]>('GET', '/v1/vms'), async () => Promise.all((await listVms(paths)).map(async (vm) => ({ ...vm, running: vm.pid !== undefined && (await isAlive(vm.pid)) }))));
       if (json) printJson(rows);
       else printTable(rows.map((vm) => ({ name: vm.name, origin: vm.origin, pid: vm.pid, state: vm.running ? 'running' : 'stopped', disks: vm.disks.length, qmp: vm.qmpSocket })), ['name', 'origin', 'pid', 'state', 'disks', 'qmp']);
       return 0;

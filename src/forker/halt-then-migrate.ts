@@ -1,6 +1,7 @@
 import type { QmpClient } from '../qmp/client.js';
+import { releaseWriteProtection } from './release-write-protection.js';
 import type { QmpEvent } from '../qmp/events.js';
-import { round } from '../jobs/phase-runner.js';
+import { round, type PhaseTools } from '../jobs/phase-runner.js';
 import type { CaptureContext, CaptureResult, CaptureStrategy, StrategyName } from './strategy.js';
 import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migration.js';
 
@@ -11,7 +12,7 @@ import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migr
  * itself at once (bg_migration_vm_start_bh in 7.2 calls vm_start() unconditionally; the fork patch
  * does the same), long before the RAM has been streamed.
  */
-export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background-snapshot'>, capability: string): CaptureStrategy {
+export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background-snapshot'>, capability: string, options: { usesWriteProtection: boolean }): CaptureStrategy {
   return {
     name,
     capabilities: { [capability]: true },
@@ -20,25 +21,38 @@ export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background
       const stop = await phases.run('halt', timeouts.haltMs, ({ signal }) => haltParent(parent, signal));
       await phases.run('disk-snapshot', timeouts.diskSnapshotMs, ({ signal }) => context.atHalt(signal));
       return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
-        await parent.execute('migrate', { uri: context.migrationUri }, { signal });
-        // The RESUME comes from QEMU once the copy-on-write is armed; a failure before that leaves
-        // the parent paused, which the job's undo handles.
-        const resume = await Promise.race([
-          parent.waitForEvent((event) => event.event === 'RESUME', signal, stop.timestampMs),
-          waitForMigrationStatus(parent, context.childProcess, () => false, { signal }).then(() => undefined as never),
-        ]);
-        const downtimeMs = round(resume.timestampMs - stop.timestampMs);
-        context.parentResumed(downtimeMs);
-        progress({ message: `parent resumed after ${downtimeMs} ms` });
-        await waitForMigrationStatus(parent, context.childProcess, (status) => status === 'completed', {
-          signal,
-          onProgress: (transfer) => progress(transfer),
-        });
-        await waitForIncomingComplete(context.child, context.childProcess, signal);
-        return { haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, stateCompleteAtMs: Date.now() };
+        try {
+          return await migrate(context, stop, signal, progress);
+        } catch (error) {
+          // A broken channel leaves 7.2's write-protection armed and the parent hung: release it
+          // before anyone tries to talk to the parent again.
+          if (options.usesWriteProtection) {
+            await releaseWriteProtection(context.parentPid, context.log);
+            await context.markWriteTrackingStale();
+          }
+          throw error;
+        }
       });
     },
   };
+}
+
+/** Start the migration, see the parent resume, and wait until the child has the whole state. */
+async function migrate(context: CaptureContext, stop: QmpEvent, signal: AbortSignal, progress: PhaseTools['progress']): Promise<CaptureResult> {
+  const { parent } = context;
+  await parent.execute('migrate', { uri: context.migrationUri }, { signal });
+  // The RESUME comes from QEMU once the copy-on-write is armed; a failure before that leaves the
+  // parent paused, which the job's undo handles.
+  const resume = await Promise.race([
+    parent.waitForEvent((event) => event.event === 'RESUME', signal, stop.timestampMs),
+    waitForMigrationStatus(parent, context.childProcess, () => false, { signal }).then(() => undefined as never),
+  ]);
+  const downtimeMs = round(resume.timestampMs - stop.timestampMs);
+  context.parentResumed(downtimeMs);
+  progress({ message: `parent resumed after ${downtimeMs} ms` });
+  await waitForMigrationStatus(parent, context.childProcess, (status) => status === 'completed', { signal, onProgress: (transfer) => progress(transfer) });
+  await waitForIncomingComplete(context.child, context.childProcess, signal);
+  return { haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, stateCompleteAtMs: Date.now() };
 }
 
 /** `stop` and the STOP event that carries QEMU's own timestamp of the halt. */
@@ -49,5 +63,5 @@ export async function haltParent(parent: QmpClient, signal: AbortSignal): Promis
   return parent.waitForEvent((event) => event.event === 'STOP', signal, since);
 }
 
-export const backgroundSnapshotStrategy = haltThenMigrate('background-snapshot', 'background-snapshot');
-export const forkStrategy = haltThenMigrate('fork', 'x-fork-snapshot');
+export const backgroundSnapshotStrategy = haltThenMigrate('background-snapshot', 'background-snapshot', { usesWriteProtection: true });
+export const forkStrategy = haltThenMigrate('fork', 'x-fork-snapshot', { usesWriteProtection: false });

@@ -20,6 +20,8 @@ export interface CaptureContext {
   readonly parent: QmpClient;
   readonly child: QmpClient;
   readonly childProcess: QemuChildProcess;
+  /** The parent QEMU's pid (for recovery that cannot go through QMP). */
+  readonly parentPid: number;
   /** The child is listening here (migrate-incoming already issued). */
   readonly migrationUri: string;
   readonly phases: PhaseRunner;
@@ -27,6 +29,12 @@ export interface CaptureContext {
   readonly log: Logger;
   /** Snapshot every disk; the strategy calls it while the parent is paused and flushed. */
   atHalt(signal: AbortSignal): Promise<void>;
+  /**
+   * Record that the parent's QEMU kept a stale write-tracking flag after a failed background
+   * snapshot (QEMU 7.2 bug, see release-write-protection.ts): until a background snapshot succeeds
+   * again, any other migration of it sends a corrupt stream.
+   */
+  markWriteTrackingStale(): Promise<void>;
   /** Tell the job the parent runs again (it publishes the downtime). */
   parentResumed(downtimeMs: number): void;
 }

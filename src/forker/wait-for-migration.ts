@@ -23,9 +23,19 @@ export async function waitForMigrationStatus(
   options: { signal: AbortSignal; onProgress?: (progress: TransferProgress) => void; intervalMs?: number },
 ): Promise<MigrationInfo> {
   const childExit = child.exited.then((exit) => exit);
+  const childDied = (exited: { exitCode: number | undefined; signal: string | undefined }, status?: string, errorDesc?: string) =>
+    new ForksnapError('CAPTURE_FAILED', `the child QEMU exited during the transfer (${exited.exitCode ?? exited.signal}); parent migration status ${status ?? 'unknown'}${errorDesc ? `: ${errorDesc}` : ''}. Child output: ${child.outputTail.slice(-500)}`, { childExit: exited, migrationStatus: status });
   for (;;) {
     if (options.signal.aborted) throw options.signal.reason;
-    const info = await parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo });
+    // A parent whose migration thread is stuck may not answer: the child's death decides then.
+    const query = parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo });
+    const answer = await Promise.race([query.then((info) => ({ info })), childExit.then((exited) => ({ exited }))]);
+    if ('exited' in answer) {
+      const last = await withDeadline(query, 1_000, () => undefined, options.signal).catch(() => undefined);
+      if (last?.status && until(last.status)) return last;
+      throw childDied(answer.exited, last?.status, last?.['error-desc']);
+    }
+    const info = answer.info;
     const status = info.status ?? 'none';
     if (info.ram && options.onProgress) {
       const total = info.ram.total || 1;
@@ -41,10 +51,9 @@ export async function waitForMigrationStatus(
     const exited = await withDeadline(childExit, options.intervalMs ?? 100, () => undefined, options.signal);
     if (exited) {
       // Give the parent a moment to notice the broken channel, then report both sides.
-      await sleep(200, options.signal);
-      const last = await parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo }).catch(() => undefined);
+      const last = await withDeadline(parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo }), 1_000, () => undefined, options.signal).catch(() => undefined);
       if (last?.status && until(last.status)) return last;
-      throw new ForksnapError('CAPTURE_FAILED', `the child QEMU exited during the transfer (${exited.exitCode ?? exited.signal}); parent migration status ${last?.status ?? 'unknown'}${last?.['error-desc'] ? `: ${last['error-desc']}` : ''}. Child output: ${child.outputTail.slice(-500)}`, { childExit: exited, migrationStatus: last?.status });
+      throw childDied(exited, last?.status, last?.['error-desc']);
     }
   }
 }

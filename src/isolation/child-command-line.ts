@@ -68,6 +68,11 @@ export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<s
       case 'nic': {
         const entries = parseOpts(value ?? '', 'type');
         const type = getOpt(entries, 'type') ?? 'user';
+        // "-nic none" means no NIC and no default NIC: rewriting it would add a NIC the parent lacks.
+        if (type === 'none') {
+          options.push(option);
+          continue;
+        }
         const base = parseOpts(isolatedNetdev(type, '', Object.fromEntries(entries), hubId++), 'type').filter(([key]) => key !== 'id');
         for (const key of ['model', 'mac']) {
           const kept = getOpt(entries, key);
@@ -81,7 +86,8 @@ export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<s
         // restricted; every other backend is dropped, so the hub has nothing to talk to.
         const entries = parseOpts(value ?? '', 'type');
         const type = getOpt(entries, 'type');
-        if (type === 'nic') options.push(option);
+        // "-net none" switches off QEMU's default NIC: dropping it would give the child one.
+        if (type === 'nic' || type === 'none') options.push(option);
         else if (type === 'user') options.push({ name: 'net', value: isolatedNetdev('user', '', Object.fromEntries(entries), 0).replace(/,id=,?/, ',').replace(/,$/, '') });
         continue;
       }

@@ -12,8 +12,12 @@ import { CHILD_QMP_CHARDEV } from './child-command-line.js';
  */
 const chardevList = z.array(z.object({ label: z.string(), filename: z.string() }));
 
-/** Chardev backends that reach nothing outside the child. "vc" is a text console with no display. */
-const UNCONNECTED = /^(null|vc(:.*)?|)$/;
+/**
+ * Chardev backends that reach nothing outside the child. "vc" is a text console with no display.
+ * "mux" is the front of a mux=on chardev: it leads only to its "<id>-base" backend, which QEMU
+ * lists as a chardev of its own and is checked like any other.
+ */
+const UNCONNECTED = /^(null|mux|vc(:.*)?|)$/;
 
 export async function isolateChild(child: QmpClient, signal: AbortSignal): Promise<{ nics: string[] }> {
   const network = await child.hmp('info network', signal);

@@ -1,3 +1,4 @@
+import type { ZodType } from 'zod';
 import type { Logger } from 'pino';
 import { ForksnapError } from '../errors.js';
 import { QmpClient } from '../qmp/client.js';
@@ -22,25 +23,26 @@ export async function ensureParentRunning(parent: QmpClient | undefined, socket:
     });
     own = true;
   }
+  const ask = <T>(command: string, schema?: ZodType<T>) => qmp!.execute(command, undefined, { schema, signal: AbortSignal.timeout(15_000) });
   try {
-    const migration = await qmp.execute('query-migrate', undefined, { schema: migrationInfo });
+    const migration = await ask('query-migrate', migrationInfo);
     if (migration.status && MIGRATION_ACTIVE.has(migration.status)) {
       log.warn({ status: migration.status }, 'cancelling the parent migration still in flight');
-      await qmp.execute('migrate_cancel').catch(() => {});
+      await ask('migrate_cancel').catch(() => {});
       for (let i = 0; i < 100; i++) {
-        const info = await qmp.execute('query-migrate', undefined, { schema: migrationInfo });
+        const info = await ask('query-migrate', migrationInfo);
         if (!info.status || !MIGRATION_ACTIVE.has(info.status)) break;
         await sleep(100);
       }
     }
-    const status = await qmp.execute('query-status', undefined, { schema: statusInfo });
+    const status = await ask('query-status', statusInfo);
     if (status.running) return;
     if (!RESUMABLE.has(status.status)) {
       throw new ForksnapError('PARENT_RESUME_FAILED', `the parent VM is in state ${status.status} and cannot be resumed`, { status: status.status });
     }
     log.warn({ status: status.status }, 'resuming the parent VM');
-    await qmp.execute('cont');
-    const after = await qmp.execute('query-status', undefined, { schema: statusInfo });
+    await ask('cont');
+    const after = await ask('query-status', statusInfo);
     if (!after.running) throw new ForksnapError('PARENT_RESUME_FAILED', `the parent VM is still ${after.status} after cont`, { status: after.status });
   } catch (error) {
     if (error instanceof ForksnapError && error.code === 'PARENT_RESUME_FAILED') throw error;

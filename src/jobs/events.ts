@@ -18,6 +18,10 @@ export type Phase =
 export type Consistency = 'clean' | 'crash-consistent';
 
 export type JobEventBody =
+  /** The job was taken (by the daemon's queue, or the CLI in-process); `queuePosition` 0 = runs now. */
+  | { type: 'job-accepted'; vm: string; queuePosition: number; trigger: string }
+  /** A pre or post hook command ran (src/hooks). */
+  | { type: 'hook'; stage: 'pre' | 'post'; command: string; exitCode: number | undefined; ok: boolean; durationMs: number; outputTail: string }
   | { type: 'job-started'; vm: string; strategy: string; diskBackends: Record<string, string> }
   | { type: 'phase-start'; phase: Phase }
   | { type: 'phase-progress'; phase: Phase; percent?: number; bytes?: number; totalBytes?: number; message?: string }

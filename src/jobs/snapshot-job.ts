@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { workRoot, type Paths } from '../config.js';
+import { vmDir, workRoot, type Paths } from '../config.js';
 import { ForksnapError, errorMessage, isForksnapError } from '../errors.js';
 import { chooseStrategy } from '../forker/choose-strategy.js';
 import { applyMigrationSettings, FAST_BANDWIDTH } from '../forker/migration-config.js';
@@ -121,8 +121,13 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       await refuseUnlessRunning(connected, options.vm, signal);
       const inventory = await inspectVm(record.pid, connected, signal);
       if (inventory.disks.length === 0) throw new ForksnapError('INVALID_INPUT', `VM "${options.vm}" has no writable disk: there is nothing to snapshot`, { vm: options.vm });
-      const { strategy } = await chooseStrategy(connected, options.strategy ?? 'auto', signal);
-      return { record, snapshotId, inventory, strategy, parent: connected };
+      const staleMarker = path.join(vmDir(options.paths, options.vm), 'write-tracking-stale');
+      const stale = await access(staleMarker).then(() => true, () => false);
+      const { strategy } = await chooseStrategy(connected, stale && (options.strategy ?? 'auto') === 'auto' ? 'background-snapshot' : options.strategy ?? 'auto', signal);
+      if (stale && strategy.name !== 'background-snapshot') {
+        throw new ForksnapError('STRATEGY_UNSUPPORTED', `VM "${options.vm}": a failed background snapshot left QEMU 7.2's write-tracking flag set on the guest RAM (an upstream bug), so a ${strategy.name} capture would send a corrupt stream; take a background-snapshot (it resets the flag) or restart the VM`, { vm: options.vm, strategy: strategy.name });
+      }
+      return { record, snapshotId, inventory, strategy, parent: connected, staleMarker };
     });
     parent = pre.parent;
     const { inventory, strategy, snapshotId } = pre;
@@ -179,6 +184,7 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       parent: pre.parent,
       child,
       childProcess,
+      parentPid: inventory.pid,
       migrationUri: `unix:${migrationSocket}`,
       phases,
       timeouts: { haltMs: timeouts.haltMs, diskSnapshotMs: timeouts.diskSnapshotMs, captureMs: timeouts.captureMs },
@@ -195,12 +201,14 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
         undo.push('resume the parent', resumeParent);
         if (options.keepCrashImage) for (const snapshot of snapshots) await snapshot.keepCrashImage?.(signal);
       },
+      markWriteTrackingStale: () => writeFile(pre.staleMarker, `${new Date().toISOString()} job ${job}\n`),
       parentResumed: (ms) => {
         downtimeMs = ms;
         events.emit({ type: 'parent-resumed', downtimeMs: ms });
       },
     });
     await resumeParent();
+    if (strategy.name === 'background-snapshot') await rm(pre.staleMarker, { force: true });
     await prepared.restoreMigrationSettings();
     undo.release('restore parent migration settings');
 
@@ -292,7 +300,7 @@ async function refuseUnlessRunning(parent: QmpClient, vm: string, signal: AbortS
   }
 }
 
-async function defaultSnapshotId(paths: Paths, vm: string): Promise<string> {
+export async function defaultSnapshotId(paths: Paths, vm: string): Promise<string> {
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '').replace('T', '-');
   const taken = new Set((await listSnapshots(paths)).map((meta) => meta.id));
   let id = `${vm}-${stamp}`.slice(0, 60);

@@ -78,7 +78,8 @@ export class QemuChildProcess {
   async terminate(qmp?: QmpClient, graceMs = 3000): Promise<QemuExit> {
     if (this.#exit) return this.#exit;
     if (qmp && qmp.state === 'ready') {
-      await qmp.execute('quit').catch(() => {});
+      // A hung or stopped QEMU never answers: the quit gets a deadline like every other step.
+      await withDeadline(qmp.execute('quit').catch(() => {}), graceMs, () => {});
       if (await this.#waitExit(graceMs)) return this.#exit!;
     }
     this.subprocess.kill('SIGTERM');

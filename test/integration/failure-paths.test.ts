@@ -1,0 +1,181 @@
+import { mkdtemp, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resultOf, runCli, startCli, toCliResult } from '../helpers/forksnap-cli.js';
+import { inspectExt4, maxTick } from '../helpers/image-inspect.js';
+import { findChildQemu, killLeftovers, processesMentioning } from '../helpers/processes.js';
+import { vmDiskFiles, vmStatus } from '../helpers/qmp.js';
+import { startGuestVm, type GuestVm } from '../helpers/test-guest.js';
+
+/**
+ * What happens when things go wrong after the halt: the parent must run on, on its own files,
+ * with nothing lost and nothing left behind. The parent disk is a qcow2 overlay (so qemu-img check
+ * applies) in a directory without reflink, so the qcow2-overlay backend (merge back) is exercised.
+ */
+const STOCK_QEMU = { FORKSNAP_QEMU: '/usr/bin/qemu-system-x86_64' };
+
+async function waitForChild(state: string, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const pid = await findChildQemu(path.join(state, 'work'));
+    if (pid) return pid;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error('no child QEMU appeared');
+}
+
+async function expectNothingLeft(state: string, vm: GuestVm): Promise<void> {
+  expect(await processesMentioning(path.join(state, 'work'))).toEqual([]);
+  expect(await readdir(path.join(state, 'work')).catch(() => [])).toEqual([]);
+  expect(await readdir(path.join(state, 'jobs')).catch(() => [])).toEqual([]);
+  expect(await readdir(path.join(state, 'snapshots')).then((names) => names.filter((n) => n.startsWith('.partial')), () => [])).toEqual([]);
+  expect((await readdir(vm.dir)).filter((name) => name.startsWith('.forksnap'))).toEqual([]);
+}
+
+describe('failure paths keep the parent running and leave nothing behind', () => {
+  let root: string;
+  let state: string;
+  let vm: GuestVm;
+  let qmpSocket: string;
+
+  beforeAll(async () => {
+    root = await mkdtemp('/var/tmp/forksnap-failures-');
+    state = path.join(root, 'state');
+    vm = await startGuestVm({ name: 'fail', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', env: STOCK_QEMU });
+    qmpSocket = path.join(state, 'vms', 'fail', 'qmp.sock');
+    await vm.control.waitForTick(3);
+  }, 300_000);
+
+  afterAll(async () => {
+    vm?.control.close();
+    const left = root ? await killLeftovers(root) : [];
+    expect(left, 'QEMU processes left behind').toEqual([]);
+  });
+
+  /** Start a capture and freeze its child once the state is streaming: the transfer is then surely mid-way. */
+  async function captureWithFrozenChild(strategy: string): Promise<{ cli: ReturnType<typeof startCli>; child: number; output: () => string }> {
+    let output = '';
+    const cli = startCli(['snapshot', 'create', 'fail', '--json', '--strategy', strategy, '--disk-backend', 'qcow2-overlay'], state);
+    cli.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const child = await waitForChild(state, 30_000);
+    const streaming = strategy === 'precopy' ? /"phase-start","phase":"capture"/ : /"parent-resumed"/;
+    const deadline = Date.now() + 30_000;
+    while (!streaming.test(output) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(output).toMatch(streaming);
+    process.kill(child, 'SIGSTOP');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    return { cli, child, output: () => output };
+  }
+
+  async function expectChildKillHandled(strategy: string): Promise<void> {
+    const { cli, child } = await captureWithFrozenChild(strategy);
+    process.kill(child, 'SIGKILL');
+    const result = toCliResult(await cli);
+    expect(result.exitCode, result.stderr).toBe(1);
+    const failed = result.lines.find((line) => line.type === 'job-failed');
+    expect(failed, result.stdout).toMatchObject({ code: 'CAPTURE_FAILED' });
+    expect(String(failed?.message)).toMatch(/child QEMU|migration/);
+
+    expect((await vmStatus(qmpSocket)).status).toBe('running');
+    expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
+    const tick = vm.control.lastTick;
+    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    await expectNothingLeft(state, vm);
+  }
+
+  it('background-snapshot: the child QEMU killed mid-transfer → CAPTURE_FAILED, parent unblocked and running, overlay merged back', async () => {
+    // Stock 7.2 leaves guest RAM write-protected after a broken channel: without forksnap releasing
+    // it, the parent's vCPUs would hang in handle_userfault for good (the guest's ticks would stop).
+    await expectChildKillHandled('background-snapshot');
+  });
+
+  it('after that failure, a precopy capture is refused with the reason instead of sending a corrupt stream', async () => {
+    const cli = await runCli(['snapshot', 'create', 'fail', '--json', '--strategy', 'precopy'], state);
+    expect(cli.exitCode).toBe(3);
+    expect(cli.lines.find((line) => line.type === 'job-failed')).toMatchObject({ code: 'STRATEGY_UNSUPPORTED' });
+    expect(cli.stdout).toMatch(/write-tracking flag/);
+    expect((await vmStatus(qmpSocket)).status).toBe('running');
+  });
+
+  it('SIGINT during the capture → CANCELLED (exit 130), parent running on its own files', async () => {
+    const { cli, child } = await captureWithFrozenChild('background-snapshot');
+    cli.kill('SIGINT');
+    const result = toCliResult(await cli);
+    expect(result.exitCode, result.stderr).toBe(130);
+    // forksnap killed the (stopped) child itself.
+    expect(() => process.kill(child, 0)).toThrow(/ESRCH/);
+    expect(result.lines.find((line) => line.type === 'job-failed')).toMatchObject({ code: 'CANCELLED' });
+    expect((await vmStatus(qmpSocket)).status).toBe('running');
+    expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
+    const tick = vm.control.lastTick;
+    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    await expectNothingLeft(state, vm);
+  });
+
+  it('auto picks background-snapshot, which resets QEMU\'s write-tracking state; precopy works again', async () => {
+    const healed = await runCli(['snapshot', 'create', 'fail', '--json', '--name', 'healed'], state);
+    expect(healed.exitCode, healed.stderr).toBe(0);
+    expect(resultOf(healed)).toMatchObject({ strategy: 'background-snapshot', consistency: 'clean' });
+    await expectChildKillHandled('precopy');
+  });
+
+  it('a snapshot after the failures is clean, and the parent lost nothing', async () => {
+    const before = vm.control.lastTick;
+    const cli = await runCli(['snapshot', 'create', 'fail', '--json', '--name', 'after-failures'], state);
+    expect(cli.exitCode, cli.stderr).toBe(0);
+    const meta = resultOf(cli);
+    expect(meta.consistency).toBe('clean');
+    const facts = await inspectExt4(path.join(state, 'snapshots', 'after-failures', meta.disks[0].image.file), meta.disks[0].image.format);
+    expect(facts.needsRecovery).toBe(false);
+    expect(maxTick(facts)).toBeGreaterThanOrEqual(before);
+
+    const lastSeen = await vm.control.waitForTick(vm.control.lastTick);
+    const stop = await runCli(['vm', 'stop', 'fail', '--powerdown'], state);
+    expect(stop.exitCode, stop.stderr).toBe(0);
+    const check = await execa('qemu-img', ['check', '-f', 'qcow2', vm.disk], { reject: false });
+    expect(check.exitCode, check.stdout).toBe(0);
+    const parent = await inspectExt4(vm.disk, 'qcow2');
+    expect(parent.needsRecovery).toBe(false);
+    // Every tick the parent announced, across three failed and one good snapshot, is on its disk.
+    const ticks = new Set(parent.ticks);
+    const missing = Array.from({ length: lastSeen }, (_, i) => i + 1).filter((n) => !ticks.has(n));
+    expect(missing).toEqual([]);
+  });
+});
+
+describe('a guest that ignores the power button', () => {
+  let root: string;
+  let state: string;
+  let vm: GuestVm;
+
+  beforeAll(async () => {
+    root = await mkdtemp('/var/tmp/forksnap-nobutton-');
+    state = path.join(root, 'state');
+    vm = await startGuestVm({ name: 'deaf', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', append: 'fsnap.workload=1 fsnap.nobutton=1', env: STOCK_QEMU });
+    await vm.control.waitForTick(3);
+  }, 300_000);
+
+  afterAll(async () => {
+    vm?.control.close();
+    await runCli(['vm', 'stop', 'deaf'], state);
+    const left = root ? await killLeftovers(root) : [];
+    expect(left, 'QEMU processes left behind').toEqual([]);
+  });
+
+  it('is labelled crash-consistent, never clean; the parent is unaffected', async () => {
+    const cli = await runCli(['snapshot', 'create', 'deaf', '--json', '--name', 'deaf-1', '--shutdown-timeout', '3'], state);
+    expect(cli.exitCode, cli.stderr).toBe(0);
+    const meta = resultOf(cli);
+    expect(meta.consistency).toBe('crash-consistent');
+    expect(meta.consistencyReason).toMatch(/did not power off/);
+    const verdict = cli.lines.find((line) => line.type === 'verdict');
+    expect(verdict).toMatchObject({ consistency: 'crash-consistent' });
+    expect((await vmStatus(path.join(state, 'vms', 'deaf', 'qmp.sock'))).status).toBe('running');
+    const tick = vm.control.lastTick;
+    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    const facts = await inspectExt4(path.join(state, 'snapshots', 'deaf-1', meta.disks[0].image.file), meta.disks[0].image.format);
+    expect(facts.needsRecovery).toBe(true);
+    expect(facts.cleanShutdown).toBeUndefined();
+  });
+});

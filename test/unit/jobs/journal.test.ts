@@ -1,0 +1,76 @@
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { dir, type DirectoryResult } from 'tmp-promise';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Paths } from '../../../src/config.js';
+import { JobJournal, journalDir, readJournals } from '../../../src/jobs/journal.js';
+
+let tmp: DirectoryResult;
+let paths: Paths;
+
+beforeEach(async () => {
+  tmp = await dir({ unsafeCleanup: true });
+  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+});
+afterEach(() => tmp.cleanup());
+
+const newJournal = (job = 'job-1') => new JobJournal(paths, { job, vm: 'vm1', parentSocket: '/run/vm1.qmp' });
+const journalFile = (job = 'job-1') => path.join(journalDir(paths), `${job}.json`);
+
+describe('JobJournal', () => {
+  it('starts in preflight with nothing to undo, owned by this process', () => {
+    expect(newJournal().entry).toEqual({
+      job: 'job-1',
+      vm: 'vm1',
+      parentSocket: '/run/vm1.qmp',
+      pid: process.pid,
+      startedAt: expect.any(String),
+      phase: 'preflight',
+      halted: false,
+      tempFiles: [],
+      overlays: [],
+    });
+  });
+
+  it('persists every update through a temporary file and rename, leaving no temp file', async () => {
+    const journal = newJournal();
+    await journal.update(() => ({ phase: 'halt', halted: true }));
+    await journal.update((entry) => ({ tempFiles: [...entry.tempFiles, '/work/a.qcow2'] }));
+    const onDisk = JSON.parse(await readFile(journalFile(), 'utf8'));
+    expect(onDisk).toEqual(journal.entry);
+    expect(onDisk).toMatchObject({ phase: 'halt', halted: true, tempFiles: ['/work/a.qcow2'] });
+    expect(await readdir(journalDir(paths))).toEqual(['job-1.json']);
+  });
+
+  it('serialises concurrent updates so the file ends with all of them', async () => {
+    const journal = newJournal();
+    await Promise.all(Array.from({ length: 10 }, (_, n) => journal.update((entry) => ({ tempFiles: [...entry.tempFiles, `/tmp/f${n}`] }))));
+    const onDisk = JSON.parse(await readFile(journalFile(), 'utf8'));
+    expect(onDisk.tempFiles).toEqual(Array.from({ length: 10 }, (_, n) => `/tmp/f${n}`));
+  });
+
+  it('remove deletes the journal file', async () => {
+    const journal = newJournal();
+    await journal.update(() => ({ phase: 'capture' }));
+    await journal.remove();
+    expect(await readdir(journalDir(paths))).toEqual([]);
+    await journal.remove();
+  });
+});
+
+describe('readJournals', () => {
+  it('returns nothing when the directory does not exist', async () => {
+    await expect(readJournals(paths)).resolves.toEqual([]);
+  });
+
+  it('reads valid journals and skips torn, invalid and foreign files', async () => {
+    const a = newJournal('job-a');
+    await a.update(() => ({ phase: 'capture', childPid: 1234, overlays: [{ disk: 'd0', overlayNode: 'ov', baseNode: 'base', overlayFile: '/w/ov.qcow2', baseFile: '/vm/d0.qcow2' }] }));
+    await mkdir(journalDir(paths), { recursive: true });
+    await writeFile(path.join(journalDir(paths), 'torn.json'), '{"job": "torn", "vm":');
+    await writeFile(path.join(journalDir(paths), 'invalid.json'), JSON.stringify({ job: 'invalid', vm: 'vm1' }));
+    await writeFile(path.join(journalDir(paths), 'job-a.json.tmp'), '{}');
+    const entries = await readJournals(paths);
+    expect(entries).toEqual([a.entry]);
+  });
+});
