@@ -4,6 +4,7 @@ import { resolvePaths } from '../config.js';
 import { ForksnapError } from '../errors.js';
 import { configureLogging } from '../log.js';
 import { serveCommand } from './serve-command.js';
+import { demoCommand } from './demo-command.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { vmCommands } from './vm-commands.js';
 import { reportError } from './output.js';
@@ -25,6 +26,7 @@ Usage:
   forksnap snapshot delete ID                      delete a snapshot's images and metadata
   forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
   forksnap strategies VM                           capture strategies this VM's QEMU supports
+  forksnap demo [--memory MIB] [--strategy S] [--keep]  boot the demo guest, snapshot it under load, verify
   forksnap serve [--config FILE] [--socket PATH] [--listen HOST:PORT --token-file FILE] [--max-concurrent-jobs N]
                                                    run the daemon (HTTP+WebSocket API, schedules, hooks)
 
@@ -64,6 +66,8 @@ export async function main(argv: string[]): Promise<number> {
         label: { type: 'string', multiple: true },
         vm: { type: 'string' },
         restart: { type: 'boolean', default: false },
+        memory: { type: 'string' },
+        keep: { type: 'boolean', default: false },
         socket: { type: 'string' },
         'no-daemon': { type: 'boolean', default: false },
         config: { type: 'string' },
@@ -95,6 +99,7 @@ export async function main(argv: string[]): Promise<number> {
     const [group, command, ...rest] = positionals;
     if (group === 'vm') return await vmCommands(context, command, rest);
     if (group === 'snapshot') return await snapshotCommands(context, command, rest);
+    if (group === 'demo') return await demoCommand(context);
     if (group === 'strategies') return await snapshotCommands(context, 'strategies', [command ?? '', ...rest]);
     if (group === 'serve') return await serveCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
     throw new ForksnapError('INVALID_INPUT', `unknown command "${group}"; see forksnap --help`, { command: group });

@@ -24,9 +24,20 @@ export function printJson(value: unknown): void {
  * Renders job events: a progress bar per phase on a TTY (stderr), or one JSON line per event on
  * stdout otherwise (and with --json).
  */
-export function eventRenderer(mode: 'tty' | 'json-lines'): { onEvent: (event: JobEvent) => void; stop: () => void } {
+export function eventRenderer(mode: 'tty' | 'json-lines' | 'text'): { onEvent: (event: JobEvent) => void; stop: () => void } {
   if (mode === 'json-lines') {
     return { onEvent: (event) => process.stdout.write(`${JSON.stringify(event)}\n`), stop: () => {} };
+  }
+  if (mode === 'text') {
+    return {
+      onEvent: (event) => {
+        if (event.type === 'phase-end') process.stderr.write(`  ${event.phase.padEnd(14)} ${event.durationMs} ms\n`);
+        else if (event.type === 'parent-resumed') process.stderr.write(`  parent resumed after ${event.downtimeMs} ms of downtime\n`);
+        else if (event.type === 'verdict') process.stderr.write(`  consistency: ${event.consistency} (${event.reason})\n`);
+        else if (event.type === 'strategy-fallback') process.stderr.write(`  strategy ${event.from} failed (${event.reason}); falling back to ${event.to}\n`);
+      },
+      stop: () => {},
+    };
   }
   const bar = new cliProgress.SingleBar(
     { format: ' {phase} |{bar}| {percentage}% {message}', stream: process.stderr, hideCursor: true, clearOnComplete: false, barsize: 30 },

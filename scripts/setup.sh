@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything forksnap's demo and tests need on a fresh Debian 12 machine (as root), and
+# nothing twice: Debian packages, npm dependencies, the build, the patched QEMU (cached under
+# ${FORKSNAP_CACHE_DIR:-/var/cache/forksnap}/qemu) and the test guest (cached alongside).
+# Idempotent; each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+APT=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
+
+PACKAGES=(
+  qemu-system-x86 qemu-utils          # stock QEMU 7.2: background-snapshot and precopy
+  linux-image-amd64 busybox-static cpio  # the test/demo guest
+  e2fsprogs xfsprogs util-linux        # ext4 inspection (dumpe2fs, debugfs), XFS reflink test filesystem, losetup/mount
+  python3                              # libexec/release-uffd-wp.py
+  chromium                             # the daemon's web page is tested in headless Chromium
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+  DEBIAN_FRONTEND=noninteractive "${APT[@]}" install "${missing[@]}" >&2
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "npm ci"
+  npm ci --no-audit --no-fund >&2
+fi
+log "building forksnap (tsc)"
+npm run --silent build >&2
+
+log "patched QEMU (fork strategy)"
+bash scripts/build-qemu.sh >&2
+log "test guest"
+bash scripts/build-test-guest.sh >&2
+log "done"

@@ -1,0 +1,106 @@
+import net from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+
+/**
+ * Client of the test guest's control serial port (ttyS1 as a UNIX socket chardev, see
+ * test/fixtures/guest/control.sh): one command per line, one reply line each. TICK lines of the
+ * guest's write workload arrive unasked; the highest one seen is kept with its arrival time.
+ */
+export class ControlChannel {
+  #buffer = '';
+  #lines: string[] = [];
+  #waiters: { match: (line: string) => boolean; resolve: (line: string) => void }[] = [];
+  lastTick = 0;
+  lastTickAt = 0;
+  readonly ticks: { n: number; at: number }[] = [];
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.#receive(chunk));
+    socket.on('error', () => {});
+  }
+
+  static async connect(path: string, timeoutMs = 60_000): Promise<ControlChannel> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const socket = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.createConnection({ path });
+          s.once('connect', () => resolve(s));
+          s.once('error', reject);
+        });
+        const channel = new ControlChannel(socket);
+        await channel.waitReady(Math.max(1000, deadline - Date.now()));
+        return channel;
+      } catch (error) {
+        if (Date.now() > deadline) throw new Error(`guest control channel ${path} not ready: ${(error as Error).message}`);
+        await delay(250);
+      }
+    }
+  }
+
+  /** Send `ping` until the guest answers PONG (its init has finished). */
+  async waitReady(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      this.socket.write('ping\n');
+      const line = await this.waitForLine((l) => l === 'PONG', 1000).catch(() => undefined);
+      if (line) return;
+    }
+    throw new Error('guest did not answer ping');
+  }
+
+  async command(command: string, timeoutMs = 15_000): Promise<string> {
+    const word = command.split(' ')[0]!;
+    const expected = (line: string) => (word === 'ping' ? line === 'PONG' : word === 'status' ? line.startsWith('STATUS') : line.startsWith(`OK ${word}`) || line.startsWith('ERR'));
+    const reply = this.waitForLine(expected, timeoutMs);
+    this.socket.write(`${command}\n`);
+    return reply;
+  }
+
+  /** Wait until a TICK greater than `n` has arrived. */
+  async waitForTick(n: number, timeoutMs = 30_000): Promise<number> {
+    if (this.lastTick > n) return this.lastTick;
+    await this.waitForLine((line) => /^TICK (\d+)$/.test(line) && Number(line.slice(5)) > n, timeoutMs);
+    return this.lastTick;
+  }
+
+  waitForLine(match: (line: string) => boolean, timeoutMs: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const waiter = { match, resolve: (line: string) => { clearTimeout(timer); resolve(line); } };
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        reject(new Error(`no matching line from the guest within ${timeoutMs} ms (last lines: ${this.#lines.slice(-5).join(' | ')})`));
+      }, timeoutMs);
+      this.#waiters.push(waiter);
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  #receive(chunk: string): void {
+    this.#buffer += chunk;
+    let index: number;
+    while ((index = this.#buffer.indexOf('\n')) >= 0) {
+      const line = this.#buffer.slice(0, index).replace(/\r$/, '').trim();
+      this.#buffer = this.#buffer.slice(index + 1);
+      if (!line) continue;
+      this.#lines.push(line);
+      if (this.#lines.length > 200) this.#lines.shift();
+      const tick = /^TICK (\d+)$/.exec(line);
+      if (tick) {
+        this.lastTick = Math.max(this.lastTick, Number(tick[1]));
+        this.lastTickAt = Date.now();
+        this.ticks.push({ n: Number(tick[1]), at: Date.now() });
+      }
+      for (const waiter of [...this.#waiters]) {
+        if (waiter.match(line)) {
+          this.#waiters = this.#waiters.filter((w) => w !== waiter);
+          waiter.resolve(line);
+        }
+      }
+    }
+  }
+}
