@@ -59,12 +59,14 @@ export async function recoverJob(paths: Paths, entry: JournalEntry, log: Logger)
             return undefined;
           }
           const jobId = `fs-recover-${overlay.disk}`.slice(0, 31);
+          // A small commit can be READY (and COMPLETED) before the command returns: look at events since now.
+          const since = Date.now() - 1000;
           await parent.execute('block-commit', { 'job-id': jobId, device: overlay.overlayNode, 'base-node': overlay.baseNode, 'auto-dismiss': true });
           const signal = AbortSignal.timeout(30 * 60_000);
-          const ready = await parent.waitForEvent((event) => ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(event.event) && event.data.device === jobId, signal);
+          const ready = await parent.waitForEvent((event) => ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(event.event) && event.data.device === jobId, signal, since);
           if (ready.event !== 'BLOCK_JOB_READY') throw new Error(`commit job ended early: ${JSON.stringify(ready.data)}`);
           await parent.execute('block-job-complete', { device: jobId });
-          const done = await parent.waitForEvent((event) => ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(event.event) && event.data.device === jobId, signal);
+          const done = await parent.waitForEvent((event) => ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(event.event) && event.data.device === jobId, signal, since);
           if (done.event !== 'BLOCK_JOB_COMPLETED' || done.data.error) throw new Error(`commit job failed: ${JSON.stringify(done.data)}`);
           await rm(overlay.overlayFile, { force: true });
           return `merged the parent overlay of ${overlay.disk} back into ${overlay.baseFile}`;

@@ -30,7 +30,10 @@ export async function spawnDaemon(stateDir: string, args: string[] = [], env: Re
   });
   const listening = await new Promise<{ socket: string; tcp: { host: string; port: number } | null }>((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`daemon did not start within 60 s: ${stderr.slice(-3000)}`)), 60_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`daemon did not start within 60 s: ${stderr.slice(-3000)}`));
+    }, 60_000);
     child.stdout?.setEncoding('utf8');
     child.stdout?.on('data', (chunk: string) => {
       out += chunk;

@@ -13,7 +13,7 @@ import { startGuestVm, type GuestVm } from '../../helpers/test-guest.js';
  * the daemon, bad requests, and the TCP token. The guests boot once for the whole file.
  */
 const TOKEN = 'daemon-test-token-0123456789abcdef';
-const SLOW = 512 * 1024; // bytes/s: a capture of a few seconds, so there is a "mid-job"
+const SLOW = 24 * 1024 * 1024; // bytes/s: the test guest sends ~90 MiB of RAM, so a capture of ~4 s: there is a "mid-job"
 
 let dir: string;
 let stateDir: string;

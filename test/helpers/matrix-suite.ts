@@ -1,0 +1,174 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli, resultOf } from './forksnap-cli.js';
+import { inspectExt4, maxTick } from './image-inspect.js';
+import { killLeftovers, processesMentioning } from './processes.js';
+import { vmDiskFiles, vmStatus } from './qmp.js';
+import { startGuestVm, type GuestVm } from './test-guest.js';
+import { ensureXfsMount } from './xfs.js';
+
+/**
+ * The acceptance set of the end-to-end issue, for one QEMU binary: for each capture strategy ×
+ * disk backend, a snapshot of one running guest under a write workload. The guest lives on XFS
+ * with reflink, so both backends apply (the overlay backend is forced with --disk-backend).
+ */
+export interface MatrixOptions {
+  readonly label: string;
+  readonly qemuBinary: string;
+  readonly strategies: readonly string[];
+  readonly expectFork: boolean;
+}
+
+const BACKENDS = ['reflink', 'qcow2-overlay'] as const;
+
+const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
+
+export function defineSnapshotMatrix(options: MatrixOptions): void {
+describe(`snapshot create: strategy × disk backend on ${options.label}`, () => {
+  let root: string;
+  let state: string;
+  let vm: GuestVm;
+  let qmpSocket: string;
+  const snapshotTicks: number[] = [];
+
+  beforeAll(async () => {
+    root = await mkdtemp(path.join(await ensureXfsMount(), 'matrix-'));
+    state = path.join(root, 'state');
+    vm = await startGuestVm({ name: 'matrix', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'raw', env: { FORKSNAP_QEMU: options.qemuBinary } });
+    qmpSocket = path.join(state, 'vms', 'matrix', 'qmp.sock');
+    // The workload writes a tick every 100 ms into the guest's page cache only.
+    await vm.control.waitForTick(3);
+  }, 300_000);
+
+  afterAll(async () => {
+    vm?.control.close();
+    const left = root ? await killLeftovers(root) : [];
+    expect(left, 'QEMU processes left behind').toEqual([]);
+  });
+
+  it(`${options.label} offers ${options.strategies.join(' and ')}${options.expectFork ? '' : ' but not fork'}`, async () => {
+    const cli = await runCli(['strategies', 'matrix', '--json'], state);
+    expect(cli.exitCode, cli.stderr).toBe(0);
+    const result = JSON.parse(cli.stdout) as { supported: string[]; reasons: Record<string, string> };
+    expect(result.supported).toEqual(expect.arrayContaining([...options.strategies]));
+    if (options.expectFork) expect(result.supported[0]).toBe('fork');
+    else {
+      expect(result.supported).not.toContain('fork');
+      expect(result.reasons.fork).toMatch(/x-fork-snapshot/);
+    }
+  });
+
+  for (const strategy of options.strategies) {
+    for (const backend of BACKENDS) {
+      it(`${strategy} + ${backend}: clean image of the halt instant, parent runs on`, async () => {
+        const tickBefore = vm.control.lastTick;
+        const id = `m-${strategy}-${backend}`;
+        const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', id, '--strategy', strategy, '--disk-backend', backend, '--keep-crash-image', '--label', 'test=matrix'], state);
+        expect(cli.exitCode, cli.stderr).toBe(0);
+        const meta = resultOf(cli);
+
+        // Labels and metadata.
+        expect(meta).toMatchObject({ id, vm: 'matrix', strategy, consistency: 'clean', labels: { test: 'matrix' } });
+        expect(meta.disks).toHaveLength(1);
+        expect(meta.disks[0]).toMatchObject({ id: 'data', backend, source: vm.disk });
+        expect(meta.parentDowntimeMs).toBeGreaterThan(0);
+        expect(meta.parentDowntimeMs).toBeLessThan(5_000);
+        for (const phase of ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'merge']) expect(meta.phasesMs[phase], phase).toBeGreaterThanOrEqual(0);
+
+        // Events: typed, ordered, the parent resumed before the child's verdict.
+        const types = cli.lines.map((line) => line.type);
+        expect(types.indexOf('parent-resumed')).toBeGreaterThan(types.indexOf('job-started'));
+        expect(types.indexOf('verdict')).toBeGreaterThan(types.indexOf('parent-resumed'));
+        expect(types.at(-1)).toBe('result');
+        const seqs = cli.lines.filter((line) => typeof line.seq === 'number').map((line) => line.seq as number);
+        expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+
+        // The parent kept running and runs on its own files.
+        const tickAfter = await vm.control.waitForTick(vm.control.lastTick, 10_000);
+        expect((await vmStatus(qmpSocket)).status).toBe('running');
+        expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
+
+        // The snapshot: cleanly unmounted, shutdown marker, and the ticks that were only in the
+        // guest's page cache at the halt; nothing the parent wrote after resuming.
+        const dir = path.join(state, 'snapshots', id);
+        const image = path.join(dir, meta.disks[0].image.file);
+        expect(meta.disks[0].image.sha256).toBe(await sha256(image));
+        const facts = await inspectExt4(image, 'raw');
+        expect(facts.needsRecovery, facts.features).toBe(false);
+        expect(facts.cleanShutdown).toBeDefined();
+        const snapshotMax = maxTick(facts);
+        expect(snapshotMax).toBeGreaterThanOrEqual(tickBefore);
+        expect(snapshotMax).toBeLessThan(tickAfter);
+        snapshotTicks.push(snapshotMax);
+
+        // The disk-only image of the same instant: needs journal recovery, page-cache data missing.
+        const crash = await inspectExt4(path.join(dir, meta.disks[0].crashImage.file), 'raw');
+        expect(crash.needsRecovery).toBe(true);
+        expect(crash.cleanShutdown).toBeUndefined();
+        expect(maxTick(crash)).toBeLessThan(tickBefore);
+
+        // Nothing left behind: no child QEMU, no temporary files next to the disk or in the state dir.
+        expect(await processesMentioning(path.join(state, 'work'))).toEqual([]);
+        expect((await readdir(vm.dir)).filter((name) => name.startsWith('.forksnap'))).toEqual([]);
+        expect(await readdir(path.join(state, 'work')).catch(() => [])).toEqual([]);
+        expect(await readdir(path.join(state, 'jobs')).catch(() => [])).toEqual([]);
+      });
+    }
+  }
+
+  it('the child never writes the parent\'s files (checksums before and after, idle guest)', async () => {
+    await vm.control.command('stopload');
+    await vm.control.command('sync');
+    const before = await sha256(vm.disk);
+    for (const backend of BACKENDS) {
+      const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', `idle-${backend}`, '--strategy', options.strategies[0]!, '--disk-backend', backend], state);
+      expect(cli.exitCode, cli.stderr).toBe(0);
+      expect(resultOf(cli).consistency).toBe('clean');
+      expect(await sha256(vm.disk), `parent image changed by a ${backend} snapshot`).toBe(before);
+    }
+    // While the snapshot images do differ: the child wrote its shutdown marker into them.
+    const snap = await inspectExt4(path.join(state, 'snapshots', 'idle-reflink', 'data.raw'), 'raw');
+    expect(snap.cleanShutdown).toBeDefined();
+  });
+
+  it('lists, shows, refuses to revert a running VM, reverts a stopped one, deletes', async () => {
+    const list = await runCli(['snapshot', 'list', 'matrix', '--json'], state);
+    expect(list.exitCode).toBe(0);
+    const ids = (JSON.parse(list.stdout) as { id: string }[]).map((meta) => meta.id);
+    const last = `m-${options.strategies.at(-1)}-reflink`;
+    expect(ids).toEqual(expect.arrayContaining([last, 'idle-qcow2-overlay']));
+    const human = await runCli(['snapshot', 'list'], state);
+    expect(human.stdout).toMatch(/^ID\s+VM\s+CREATED\s+CONSISTENCY/m);
+    const show = await runCli(['snapshot', 'show', last], state);
+    expect(show.stdout).toMatch(/consistency:\s+clean/);
+
+    const refused = await runCli(['snapshot', 'revert', last], state);
+    expect(refused.exitCode).toBe(3);
+    expect(refused.stderr).toMatch(/VM_RUNNING/);
+
+    // Stop the parent cleanly; its own disk holds everything it wrote after every halt.
+    const stop = await runCli(['vm', 'stop', 'matrix', '--powerdown'], state);
+    expect(stop.exitCode, stop.stderr).toBe(0);
+    const parent = await inspectExt4(vm.disk, 'raw');
+    expect(parent.needsRecovery).toBe(false);
+    expect(maxTick(parent)).toBeGreaterThan(Math.max(...snapshotTicks));
+    // A raw image has nothing for qemu-img check to check; the filesystem on it must be consistent.
+    const fsck = await execa('e2fsck', ['-fn', vm.disk], { reject: false });
+    expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);
+
+    const revert = await runCli(['snapshot', 'revert', last, '--json'], state);
+    expect(revert.exitCode, revert.stderr).toBe(0);
+    const meta = JSON.parse((await runCli(['snapshot', 'show', last, '--json'], state)).stdout) as { disks: { image: { sha256: string } }[] };
+    expect(await sha256(vm.disk)).toBe(meta.disks[0]!.image.sha256);
+
+    const deleted = await runCli(['snapshot', 'delete', last], state);
+    expect(deleted.exitCode).toBe(0);
+    const missing = await runCli(['snapshot', 'show', last], state);
+    expect(missing.exitCode).toBe(4);
+    expect(missing.stderr).toMatch(/SNAPSHOT_NOT_FOUND/);
+  });
+});
+}

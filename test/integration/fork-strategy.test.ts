@@ -1,0 +1,169 @@
+import { mkdtemp, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolvePaths } from '../../src/config.js';
+import { newestPatchedBuild } from '../../src/qemu/binary.js';
+import { childPids, fdCount, threadCount } from '../../src/qemu/process-info.js';
+import { resultOf, runCli, startCli, toCliResult } from '../helpers/forksnap-cli.js';
+import { inspectExt4 } from '../helpers/image-inspect.js';
+import { defineSnapshotMatrix } from '../helpers/matrix-suite.js';
+import { findChildQemu, killLeftovers, processesMentioning } from '../helpers/processes.js';
+import { vmDiskFiles, vmStatus, withQmp } from '../helpers/qmp.js';
+import { startGuestVm, type GuestVm } from '../helpers/test-guest.js';
+
+/**
+ * The fork strategy (patches/, built by scripts/build-qemu.sh): the full acceptance set, plus what
+ * only fork has: copy-on-write RAM in a forked process that streams it while the parent runs on.
+ */
+const patched = await newestPatchedBuild(resolvePaths());
+if (!patched) throw new Error('the patched QEMU is not built: run `bash scripts/setup.sh` (it runs scripts/build-qemu.sh)');
+
+defineSnapshotMatrix({ label: 'patched QEMU (fork)', qemuBinary: patched, strategies: ['fork'], expectFork: true });
+
+/** The forked streamer: a child process of the parent QEMU named "qemu-forksnap". */
+async function forkedStreamers(parentPid: number): Promise<number[]> {
+  const found: number[] = [];
+  for (const pid of await childPids(parentPid)) {
+    const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
+    if (comm.trim() === 'qemu-forksnap') found.push(pid);
+  }
+  return found;
+}
+
+describe('fork capture', () => {
+  let root: string;
+  let state: string;
+  let vm: GuestVm;
+  let qmpSocket: string;
+  let parentPid: number;
+
+  beforeAll(async () => {
+    root = await mkdtemp('/var/tmp/forksnap-fork-');
+    state = path.join(root, 'state');
+    vm = await startGuestVm({ name: 'forky', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', env: { FORKSNAP_QEMU: patched } });
+    qmpSocket = path.join(state, 'vms', 'forky', 'qmp.sock');
+    parentPid = Number((await readFile(path.join(state, 'vms', 'forky', 'qemu.pid'), 'utf8')).trim());
+    await vm.control.waitForTick(3);
+  }, 300_000);
+
+  afterAll(async () => {
+    vm?.control.close();
+    if (state) await runCli(['vm', 'stop', 'forky'], state);
+    const left = root ? await killLeftovers(root) : [];
+    expect(left, 'QEMU processes left behind').toEqual([]);
+  });
+
+  /** Start a fork capture and run `onEvent` as soon as the event matching `trigger` is out. */
+  async function captureAndThen(onResume: (cli: ReturnType<typeof startCli>) => Promise<void>, args: string[] = [], trigger = /"parent-resumed"/, freeze = false) {
+    let output = '';
+    const cli = startCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', ...args], state);
+    if (freeze) freezeDestinationAtStart(cli);
+    let resumedAction: Promise<void> | undefined;
+    cli.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (!resumedAction && trigger.test(output)) resumedAction = onResume(cli);
+    });
+    const result = toCliResult(await cli);
+    await resumedAction;
+    return result;
+  }
+
+  it('copy-on-write: what the guest overwrites right after the resume is old in the snapshot, new in the parent', async () => {
+    expect(await vm.control.command('mem alpha')).toBe('OK mem alpha');
+    expect(await vm.control.command('file alpha')).toBe('OK file alpha');
+    const result = await captureAndThen(async () => {
+      await vm.control.command('mem bravo');
+      await vm.control.command('file bravo');
+    }, ['--name', 'cow']);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const meta = resultOf(result);
+    expect(meta.consistency).toBe('clean');
+    const facts = await inspectExt4(path.join(state, 'snapshots', 'cow', meta.disks[0].image.file), meta.disks[0].image.format);
+    // The child's guest wrote what was in its (copied) RAM at shutdown: the pre-halt contents.
+    expect(facts.cleanShutdown).toMatchObject({ mem: 'alpha', file: 'alpha' });
+    expect(facts.file).toBe('alpha');
+    expect(await vm.control.command('status')).toMatch(/mem=bravo file=bravo/);
+  });
+
+  /** Freeze the child QEMU as soon as it listens (job-started), before any state is streamed. */
+  function freezeDestinationAtStart(cli: ReturnType<typeof startCli>): void {
+    let frozen = false;
+    cli.stdout?.on('data', (chunk: Buffer) => {
+      if (frozen || !/"job-started"/.test(chunk.toString())) return;
+      frozen = true;
+      void findChildQemu(path.join(state, 'work')).then((child) => child && process.kill(child, 'SIGSTOP'));
+    });
+  }
+
+  it('the forked process killed mid-stream → CAPTURE_FAILED, parent running, no leftovers', async () => {
+    let killed: number | undefined;
+    const result = await captureAndThen(async () => {
+      // The destination is listening but frozen: the streamer blocks on a full socket. Kill it.
+      for (let i = 0; i < 250 && !killed; i++) {
+        killed = (await forkedStreamers(parentPid))[0];
+        if (!killed) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      if (killed) process.kill(killed, 'SIGKILL');
+    }, [], /"parent-resumed"/, true);
+    expect(killed, 'no forked streamer was found').toBeDefined();
+    expect(result.exitCode, result.stderr).toBe(1);
+    const failed = result.lines.find((line) => line.type === 'job-failed');
+    expect(failed).toMatchObject({ code: 'CAPTURE_FAILED' });
+    expect(String(failed?.message)).toMatch(/fork|signal|killed/i);
+    expect((await vmStatus(qmpSocket)).status).toBe('running');
+    expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
+    expect(await forkedStreamers(parentPid)).toEqual([]);
+    expect(await processesMentioning(path.join(state, 'work'))).toEqual([]);
+  });
+
+  it('cancellation (SIGINT → migrate_cancel) ends the forked process, parent running', async () => {
+    let streamer: number | undefined;
+    const result = await captureAndThen(async (cli) => {
+      for (let i = 0; i < 250 && !streamer; i++) {
+        streamer = (await forkedStreamers(parentPid))[0];
+        if (!streamer) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      cli.kill('SIGINT');
+    }, [], /"parent-resumed"/, true);
+    expect(streamer).toBeDefined();
+    expect(result.exitCode, result.stderr).toBe(130);
+    expect((await vmStatus(qmpSocket)).status).toBe('running');
+    expect(await forkedStreamers(parentPid)).toEqual([]);
+    const info = await withQmp(qmpSocket, (qmp) => qmp.execute('query-migrate')) as { status?: string };
+    expect(info.status).toBe('cancelled');
+  });
+
+  it('20 consecutive fork snapshots leak no thread, descriptor or process in the parent', async () => {
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 12_000)); // QEMU's idle worker threads exit after 10 s
+    const measure = async () => ({ threads: await threadCount(parentPid), fds: await fdCount(parentPid), children: await childPids(parentPid) });
+    await settle();
+    const before = await measure();
+    for (let i = 0; i < 20; i++) {
+      const cli = await runCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', '--name', `loop-${i}`], state);
+      expect(cli.exitCode, cli.stderr).toBe(0);
+      expect(resultOf(cli).consistency).toBe('clean');
+      await runCli(['snapshot', 'delete', `loop-${i}`], state);
+    }
+    await settle();
+    const after = await measure();
+    expect(after.children).toEqual([]);
+    expect(after.fds).toBe(before.fds);
+    // A thread leaked per snapshot would add 20; QEMU's block thread pool may keep one idle worker.
+    expect(after.threads).toBeLessThanOrEqual(before.threads + 1);
+  }, 600_000);
+});
+
+describe('fork refuses shared guest RAM', () => {
+  it('migrate-set-capabilities x-fork-snapshot on a VM with memory-backend-memfd share=on → a clear error', async () => {
+    const root = await mkdtemp('/var/tmp/forksnap-forkshared-');
+    const qmp = path.join(root, 'qmp.sock');
+    await execa(patched!, ['-machine', 'q35,accel=tcg,memory-backend=shmem', '-m', '64', '-object', 'memory-backend-memfd,id=shmem,size=64M,share=on', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmp},server=on,wait=off`, '-daemonize', '-pidfile', path.join(root, 'qemu.pid')]);
+    try {
+      const error = await withQmp(qmp, (client) => client.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-fork-snapshot', state: true }] })).then(() => undefined, (e: Error) => e);
+      expect(error?.message).toMatch(/shared/i);
+    } finally {
+      await killLeftovers(root);
+    }
+  });
+});
