@@ -7,7 +7,10 @@ import { ForksnapError } from './errors.js';
  */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-export const nameSchema = z.string().regex(NAME_PATTERN, 'must be 1-64 characters of letters, digits, ".", "_" or "-", starting with a letter or digit');
+export const nameSchema = z
+  .string()
+  .regex(NAME_PATTERN, 'must be 1-64 characters of letters, digits, ".", "_" or "-", starting with a letter or digit')
+  .refine((name) => !name.includes('..'), 'must not contain ".."');
 
 export function validateName(kind: 'VM' | 'snapshot', name: string): string {
   if (!NAME_PATTERN.test(name) || name.includes('..')) {

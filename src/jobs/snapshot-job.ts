@@ -195,7 +195,11 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
         }));
         for (const snapshot of snapshots) {
           const { undo: merge } = await snapshot.commitAtHalt(signal);
-          if (merge) undo.push(`merge the parent overlay of ${snapshot.disk.id}`, merge);
+          // The child holds the frozen base image open (read-only): it must be gone before the merge can write it.
+          if (merge) undo.push(`merge the parent overlay of ${snapshot.disk.id}`, async () => {
+            await childProcess.terminate(child);
+            await merge();
+          });
         }
         // Resuming the parent comes first when unwinding, before any merge.
         undo.push('resume the parent', resumeParent);

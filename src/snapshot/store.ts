@@ -83,7 +83,15 @@ export async function loadSnapshot(paths: Paths, id: string): Promise<SnapshotMe
   } catch {
     throw new ForksnapError('SNAPSHOT_NOT_FOUND', `no snapshot named "${id}" (see \`forksnap snapshot list\`)`, { snapshot: id });
   }
-  return { ...snapshotMetaSchema.parse(JSON.parse(text)), dir };
+  const parsed = (() => {
+    try {
+      return snapshotMetaSchema.safeParse(JSON.parse(text));
+    } catch (error) {
+      return { success: false as const, error };
+    }
+  })();
+  if (!parsed.success) throw new ForksnapError('SNAPSHOT_NOT_FOUND', `snapshot "${id}" has an unreadable meta.json (${dir}/meta.json): ${String(parsed.error).slice(0, 300)}`, { snapshot: id });
+  return { ...parsed.data, dir };
 }
 
 export async function listSnapshots(paths: Paths, vm?: string): Promise<SnapshotMeta[]> {

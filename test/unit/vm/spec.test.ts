@@ -60,7 +60,9 @@ describe('parseVmSpec', () => {
   it.each([['../x'], ['a/b'], ['.hidden'], [''], ['x'.repeat(65)]])('refuses the name %j', (name) => {
     const error = specError({ ...minimal, name });
     expect(error.message).toMatch(/^vm\.json is not a valid VM spec:\n {2}name: /);
-    expect(error.context.problems).toEqual([expect.stringMatching(/^name: /)]);
+    const problems = error.context.problems as string[];
+    expect(problems.length).toBeGreaterThan(0);
+    expect(problems.every((problem) => problem.startsWith('name: '))).toBe(true);
   });
 
   it('refuses a malformed MAC address with the key path', () => {
