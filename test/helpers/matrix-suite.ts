@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, resultOf } from './forksnap-cli.js';
 import { inspectExt4, maxTick } from './image-inspect.js';
-import { killLeftovers, processesMentioning } from './processes.js';
+import { expectNothingLeft } from './leftovers.js';
+import { killLeftovers } from './processes.js';
 import { vmDiskFiles, vmStatus } from './qmp.js';
 import { startGuestVm, type GuestVm } from './test-guest.js';
 import { ensureXfsMount } from './xfs.js';
@@ -110,11 +111,7 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
         expect(crash.cleanShutdown).toBeUndefined();
         expect(maxTick(crash)).toBeLessThan(tickBefore);
 
-        // Nothing left behind: no child QEMU, no temporary files next to the disk or in the state dir.
-        expect(await processesMentioning(path.join(state, 'work'))).toEqual([]);
-        expect((await readdir(vm.dir)).filter((name) => name.startsWith('.forksnap'))).toEqual([]);
-        expect(await readdir(path.join(state, 'work')).catch(() => [])).toEqual([]);
-        expect(await readdir(path.join(state, 'jobs')).catch(() => [])).toEqual([]);
+        await expectNothingLeft(state, vm.dir);
       });
     }
   }

@@ -1,10 +1,11 @@
-import { mkdtemp, readdir } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resultOf, runCli, startCli, toCliResult } from '../helpers/forksnap-cli.js';
 import { inspectExt4, maxTick } from '../helpers/image-inspect.js';
-import { findChildQemu, killLeftovers, processesMentioning } from '../helpers/processes.js';
+import { expectNothingLeft } from '../helpers/leftovers.js';
+import { findChildQemu, killLeftovers } from '../helpers/processes.js';
 import { vmDiskFiles, vmStatus } from '../helpers/qmp.js';
 import { startGuestVm, type GuestVm } from '../helpers/test-guest.js';
 
@@ -23,14 +24,6 @@ async function waitForChild(state: string, timeoutMs: number): Promise<number> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   throw new Error('no child QEMU appeared');
-}
-
-async function expectNothingLeft(state: string, vm: GuestVm): Promise<void> {
-  expect(await processesMentioning(path.join(state, 'work'))).toEqual([]);
-  expect(await readdir(path.join(state, 'work')).catch(() => [])).toEqual([]);
-  expect(await readdir(path.join(state, 'jobs')).catch(() => [])).toEqual([]);
-  expect(await readdir(path.join(state, 'snapshots')).then((names) => names.filter((n) => n.startsWith('.partial')), () => [])).toEqual([]);
-  expect((await readdir(vm.dir)).filter((name) => name.startsWith('.forksnap'))).toEqual([]);
 }
 
 describe('failure paths keep the parent running and leave nothing behind', () => {
@@ -81,7 +74,7 @@ describe('failure paths keep the parent running and leave nothing behind', () =>
     expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
     const tick = vm.control.lastTick;
     expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
-    await expectNothingLeft(state, vm);
+    await expectNothingLeft(state, vm.dir);
   }
 
   it('background-snapshot: the child QEMU killed mid-transfer → CAPTURE_FAILED, parent unblocked and running, overlay merged back', async () => {
@@ -110,7 +103,7 @@ describe('failure paths keep the parent running and leave nothing behind', () =>
     expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
     const tick = vm.control.lastTick;
     expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
-    await expectNothingLeft(state, vm);
+    await expectNothingLeft(state, vm.dir);
   });
 
   it('auto picks background-snapshot, which resets QEMU\'s write-tracking state; precopy works again', async () => {
