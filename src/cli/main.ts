@@ -5,6 +5,7 @@ import { ForksnapError } from '../errors.js';
 import { configureLogging } from '../log.js';
 import { serveCommand } from './serve-command.js';
 import { demoCommand } from './demo-command.js';
+import { benchCommand } from './bench-command.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { vmCommands } from './vm-commands.js';
 import { reportError } from './output.js';
@@ -27,6 +28,7 @@ Usage:
   forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
   forksnap strategies VM                           capture strategies this VM's QEMU supports
   forksnap demo [--memory MIB] [--strategy S] [--keep]  boot the demo guest, snapshot it under load, verify
+  forksnap bench [--sizes 512,1024,2048] [--repeat 5] [--out docs/bench]  benchmark the strategies against baselines
   forksnap serve [--config FILE] [--socket PATH] [--listen HOST:PORT --token-file FILE] [--max-concurrent-jobs N]
                                                    run the daemon (HTTP+WebSocket API, schedules, hooks)
 
@@ -74,6 +76,9 @@ export async function main(argv: string[]): Promise<number> {
         listen: { type: 'string' },
         'token-file': { type: 'string' },
         'max-concurrent-jobs': { type: 'string' },
+        sizes: { type: 'string' },
+        repeat: { type: 'string' },
+        out: { type: 'string' },
       },
     });
   } catch (error) {
@@ -100,6 +105,7 @@ export async function main(argv: string[]): Promise<number> {
     if (group === 'vm') return await vmCommands(context, command, rest);
     if (group === 'snapshot') return await snapshotCommands(context, command, rest);
     if (group === 'demo') return await demoCommand(context);
+    if (group === 'bench') return await benchCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
     if (group === 'strategies') return await snapshotCommands(context, 'strategies', [command ?? '', ...rest]);
     if (group === 'serve') return await serveCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
     throw new ForksnapError('INVALID_INPUT', `unknown command "${group}"; see forksnap --help`, { command: group });

@@ -1,10 +1,21 @@
 import net from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 
+/** One `RATE <MiB/s> <total MiB>` line of the guest's memory-dirtying loop (`dirty N`). */
+export interface RateSample {
+  /** The guest's own measure over its last ~1 s of uptime. */
+  readonly mibPerS: number;
+  /** MiB rewritten since the loop started. */
+  readonly totalMiB: number;
+  /** Host arrival time (Date.now()). */
+  readonly at: number;
+}
+
 /**
  * Client of the test guest's control serial port (ttyS1 as a UNIX socket chardev, see
  * test/fixtures/guest/control.sh): one command per line, one reply line each. TICK lines of the
- * guest's write workload arrive unasked; the highest one seen is kept with its arrival time.
+ * guest's write workload and RATE lines of its memory-dirtying loop arrive unasked: the highest
+ * tick is kept with its arrival time, every RATE line in `rates`.
  */
 export class ControlChannel {
   #buffer = '';
@@ -13,6 +24,7 @@ export class ControlChannel {
   lastTick = 0;
   lastTickAt = 0;
   readonly ticks: { n: number; at: number }[] = [];
+  readonly rates: RateSample[] = [];
 
   private constructor(private readonly socket: net.Socket) {
     socket.setEncoding('utf8');
@@ -65,6 +77,16 @@ export class ControlChannel {
     return this.lastTick;
   }
 
+  /** Wait until `count` RATE lines newer than now have arrived; resolves with them. */
+  async waitForRates(count: number, timeoutMs = 30_000): Promise<RateSample[]> {
+    const first = this.rates.length;
+    const deadline = Date.now() + timeoutMs;
+    while (this.rates.length < first + count) {
+      await this.waitForLine((line) => line.startsWith('RATE '), Math.max(1, deadline - Date.now()));
+    }
+    return this.rates.slice(first, first + count);
+  }
+
   waitForLine(match: (line: string) => boolean, timeoutMs: number): Promise<string> {
     return new Promise((resolve, reject) => {
       const waiter = { match, resolve: (line: string) => { clearTimeout(timer); resolve(line); } };
@@ -95,6 +117,8 @@ export class ControlChannel {
         this.lastTickAt = Date.now();
         this.ticks.push({ n: Number(tick[1]), at: Date.now() });
       }
+      const rate = /^RATE (\d+(?:\.\d+)?) (\d+)$/.exec(line);
+      if (rate) this.rates.push({ mibPerS: Number(rate[1]), totalMiB: Number(rate[2]), at: Date.now() });
       for (const waiter of [...this.#waiters]) {
         if (waiter.match(line)) {
           this.#waiters = this.#waiters.filter((w) => w !== waiter);

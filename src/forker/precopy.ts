@@ -43,7 +43,7 @@ export function precopyStrategy(options: { convergeAfterMs?: number } = {}): Cap
         const downtimeMs = round(resume.timestampMs - stop.timestampMs);
         context.parentResumed(downtimeMs);
         await waitForIncomingComplete(context.child, context.childProcess, signal);
-        return { haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, stateCompleteAtMs: Date.now() };
+        return { strategy: 'precopy', haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, stateCompleteAtMs: Date.now() };
       });
     },
   };

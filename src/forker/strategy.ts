@@ -35,11 +35,18 @@ export interface CaptureContext {
    * again, any other migration of it sends a corrupt stream.
    */
   markWriteTrackingStale(): Promise<void>;
+  /**
+   * fork() failed before any state left the parent (still halted, disks snapshotted): switch the
+   * parent to background-snapshot and give back a fresh child listening for the state.
+   */
+  fallBackToBackgroundSnapshot(reason: string, signal: AbortSignal): Promise<{ child: QmpClient; childProcess: QemuChildProcess }>;
   /** Tell the job the parent runs again (it publishes the downtime). */
   parentResumed(downtimeMs: number): void;
 }
 
 export interface CaptureResult {
+  /** The strategy that actually captured the state (after a fallback, not the requested one). */
+  readonly strategy: StrategyName;
   /** QEMU's timestamp of the parent's STOP event (host clock, ms). */
   readonly haltedAtMs: number;
   /** QEMU's timestamp of the parent's RESUME event. */

@@ -24,7 +24,7 @@ export async function waitForMigrationStatus(
 ): Promise<MigrationInfo> {
   const childExit = child.exited.then((exit) => exit);
   const childDied = (exited: { exitCode: number | undefined; signal: string | undefined }, status?: string, errorDesc?: string) =>
-    new ForksnapError('CAPTURE_FAILED', `the child QEMU exited during the transfer (${exited.exitCode ?? exited.signal}); parent migration status ${status ?? 'unknown'}${errorDesc ? `: ${errorDesc}` : ''}. Child output: ${child.outputTail.slice(-500)}`, { childExit: exited, migrationStatus: status });
+    new ForksnapError('CAPTURE_FAILED', `the child QEMU exited during the transfer (${exited.exitCode ?? exited.signal}); parent migration status ${status ?? 'unknown'}${errorDesc ? `: ${errorDesc}` : ''}. Child output: ${child.outputTail.slice(-500)}`, { childExit: exited, migrationStatus: status, errorDesc });
   for (;;) {
     if (options.signal.aborted) throw options.signal.reason;
     // A parent whose migration thread is stuck may not answer: the child's death decides then.

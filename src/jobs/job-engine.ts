@@ -219,7 +219,7 @@ export class JobEngine {
       onSnapshot: (value) => {
         result = value;
         const { dir: _dir, ...meta } = value;
-        entry.record = { ...entry.record, snapshot: meta };
+        entry.record = { ...entry.record, snapshot: meta, snapshotId: meta.id };
       },
     }).then(
       () => {},

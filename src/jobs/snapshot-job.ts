@@ -5,13 +5,12 @@ import type { Logger } from 'pino';
 import { vmDir, workRoot, type Paths } from '../config.js';
 import { ForksnapError, errorMessage, isForksnapError } from '../errors.js';
 import { chooseStrategy } from '../forker/choose-strategy.js';
+import { backgroundSnapshotStrategy } from '../forker/halt-then-migrate.js';
 import { applyMigrationSettings, FAST_BANDWIDTH } from '../forker/migration-config.js';
 import type { CaptureResult, StrategyName } from '../forker/strategy.js';
 import { buildChildArgv, type ChildDisk } from '../isolation/child-command-line.js';
 import { driveShutdown } from '../isolation/drive-shutdown.js';
 import { isolateChild } from '../isolation/isolate-child.js';
-import { verifyChildMatchesParent } from '../isolation/verify-child.js';
-import { QemuChildProcess } from '../qemu/child-process.js';
 import { QmpClient } from '../qmp/client.js';
 import { blockJobInfoList, migrationInfo, statusInfo } from '../qmp/schemas.js';
 import type { DiskBackendName, DiskSnapshot } from '../snapshot/disk-backend.js';
@@ -23,6 +22,7 @@ import { UndoStack } from '../util/undo-stack.js';
 import { validateName } from '../validate-name.js';
 import { inspectVm } from '../vm/inspect.js';
 import { loadVm } from '../vm/registry.js';
+import { ChildSlot } from './child-slot.js';
 import { ensureParentRunning } from './ensure-parent-running.js';
 import { JobEventStream } from './events.js';
 import { JobJournal } from './journal.js';
@@ -132,8 +132,11 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
     parent = pre.parent;
     const { inventory, strategy, snapshotId } = pre;
     const workDir = path.join(workRoot(options.paths), job);
-    const migrationSocket = path.join(workDir, 'migrate.sock');
+    const migrationUri = `unix:${path.join(workDir, 'migrate.sock')}`;
     const childQmpSocket = path.join(workDir, 'child-qmp.sock');
+    const migrationParameters = { 'max-bandwidth': options.maxBandwidth ?? FAST_BANDWIDTH };
+    let restoreMigrationSettings: () => Promise<void> = async () => {};
+    let fallback: { from: string; reason: string } | undefined;
 
     const prepared = await phases.run('prepare', timeouts.prepareMs, async ({ signal, log: phaseLog }) => {
       await journal!.update(() => ({ workDir }));
@@ -155,22 +158,15 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
         snapshots.push(made);
       }
       const childDisks = new Map<string, ChildDisk>(snapshots.map((snapshot) => [snapshot.disk.id, snapshot.child]));
-      const argv = buildChildArgv(inventory, childDisks, childQmpSocket);
-      const childProcess = QemuChildProcess.spawn(argv, log.child({ role: 'child' }));
-      await journal!.update(() => ({ childPid: childProcess.pid, childArgv0: argv[0] }));
-      let child: QmpClient | undefined;
-      undo.push('stop the child QEMU', async () => {
-        await childProcess.terminate(child);
-        child?.close();
-      });
-      child = await childProcess.connectQmp(childQmpSocket, signal);
-      await verifyChildMatchesParent(pre.parent, child, signal);
-      await child.execute('migrate-incoming', { uri: `unix:${migrationSocket}` }, { signal });
-      const restore = await applyMigrationSettings(pre.parent, { capabilities: strategy.capabilities, parameters: { 'max-bandwidth': options.maxBandwidth ?? FAST_BANDWIDTH } }, signal);
-      undo.push('restore parent migration settings', restore);
-      return { snapshots, childProcess, child, restoreMigrationSettings: restore };
+      const slot = new ChildSlot(buildChildArgv(inventory, childDisks, childQmpSocket), childQmpSocket, migrationUri, log.child({ role: 'child' }), (pid) =>
+        journal!.update(() => ({ childPid: pid, childArgv0: inventory.exe })));
+      undo.push('stop the child QEMU', () => slot.stop());
+      await slot.start(pre.parent, signal, { verify: true });
+      restoreMigrationSettings = await applyMigrationSettings(pre.parent, { capabilities: strategy.capabilities, parameters: migrationParameters }, signal);
+      undo.push('restore parent migration settings', () => restoreMigrationSettings());
+      return { snapshots, slot };
     });
-    const { snapshots, childProcess, child } = prepared;
+    const { snapshots, slot } = prepared;
     events.emit({ type: 'job-started', vm: options.vm, strategy: strategy.name, diskBackends: Object.fromEntries(snapshots.map((s) => [s.disk.id, s.backend])) });
 
     const resumeParent = async () => {
@@ -182,10 +178,10 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
     let downtimeMs = Number.NaN;
     const capture: CaptureResult = await strategy.run({
       parent: pre.parent,
-      child,
-      childProcess,
+      child: slot.qmp!,
+      childProcess: slot.process!,
       parentPid: inventory.pid,
-      migrationUri: `unix:${migrationSocket}`,
+      migrationUri,
       phases,
       timeouts: { haltMs: timeouts.haltMs, diskSnapshotMs: timeouts.diskSnapshotMs, captureMs: timeouts.captureMs },
       log,
@@ -205,6 +201,18 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
         undo.push('resume the parent', resumeParent);
         if (options.keepCrashImage) for (const snapshot of snapshots) await snapshot.keepCrashImage?.(signal);
       },
+      fallBackToBackgroundSnapshot: async (reason, signal) => {
+        // fork() was refused before any state left the parent, which is still halted with its disks
+        // snapshotted: retry on a fresh child (the old one's incoming migration is spoiled).
+        fallback = { from: strategy.name, reason };
+        events.emit({ type: 'strategy-fallback', from: strategy.name, to: 'background-snapshot', reason });
+        log.warn({ reason }, 'fork capture failed before the fork; falling back to background-snapshot');
+        await slot.stop();
+        await restoreMigrationSettings();
+        restoreMigrationSettings = await applyMigrationSettings(pre.parent, { capabilities: backgroundSnapshotStrategy.capabilities, parameters: migrationParameters }, signal);
+        const started = await slot.start(pre.parent, signal, { verify: false });
+        return { child: started.qmp, childProcess: started.process };
+      },
       markWriteTrackingStale: () => writeFile(pre.staleMarker, `${new Date().toISOString()} job ${job}\n`),
       parentResumed: (ms) => {
         downtimeMs = ms;
@@ -212,16 +220,17 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       },
     });
     await resumeParent();
-    if (strategy.name === 'background-snapshot') await rm(pre.staleMarker, { force: true });
-    await prepared.restoreMigrationSettings();
+    if (capture.strategy === 'background-snapshot') await rm(pre.staleMarker, { force: true });
+    await restoreMigrationSettings();
     undo.release('restore parent migration settings');
+    const child = slot.qmp!;
+    const childProcess = slot.process!;
 
     await phases.run('isolate', timeouts.isolateMs, ({ signal }) => isolateChild(child, signal));
     const outcome = await phases.run('shutdown', timeouts.shutdownMs * 2 + 60_000, ({ signal, log: phaseLog, progress }) =>
       driveShutdown(child, childProcess, { timeoutMs: timeouts.shutdownMs, signal, log: phaseLog, onProgress: (message) => progress({ message }) }));
     events.emit({ type: 'verdict', consistency: outcome.consistency, reason: outcome.reason });
-    await childProcess.terminate(child);
-    child.close();
+    await slot.stop();
 
     const target = await beginSnapshot(options.paths, snapshotId);
     await journal!.update(() => ({ partialSnapshotDir: target.dir }));
@@ -258,7 +267,8 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       id: snapshotId,
       vm: options.vm,
       createdAt: new Date(capture.haltedAtMs).toISOString(),
-      strategy: strategy.name,
+      strategy: capture.strategy,
+      ...(fallback ? { strategyFallback: fallback } : {}),
       consistency: outcome.consistency,
       consistencyReason: outcome.reason,
       parentDowntimeMs: downtimeMs,

@@ -95,7 +95,7 @@ export async function startDaemon(options: DaemonOptions): Promise<DaemonHandle>
           log.info({ graceMs }, 'daemon stopping: no new jobs; running jobs get the grace time, then are cancelled and unwound');
           await scheduler.stop();
           await engine.shutdown(graceMs);
-          hub.close();
+          await hub.close();
           await Promise.all(servers.map((server) => closeServer(server)));
           await rm(options.socketPath, { force: true });
           log.info('daemon stopped');
@@ -104,7 +104,7 @@ export async function startDaemon(options: DaemonOptions): Promise<DaemonHandle>
       },
     };
   } catch (error) {
-    hub.close();
+    await hub.close();
     await Promise.all(servers.map((server) => closeServer(server)));
     throw error;
   }

@@ -83,10 +83,23 @@ export class WebSocketHub {
     }
   }
 
-  close(): void {
+  /** Close every connection (1001), forcibly after a second for a client that does not answer. */
+  async close(): Promise<void> {
     this.#unsubscribe();
     for (const timer of this.#timers) clearInterval(timer);
-    for (const client of this.#clients) client.ws.close(1001, 'the daemon is shutting down');
+    await Promise.all([...this.#clients].map((client) => new Promise<void>((resolve) => {
+      if (client.ws.readyState === WebSocket.CLOSED) {
+        resolve();
+        return;
+      }
+      const force = setTimeout(() => client.ws.terminate(), 1000);
+      client.ws.once('close', () => {
+        clearTimeout(force);
+        resolve();
+      });
+      client.ws.close(1001, 'the daemon is shutting down');
+    })));
+    this.#clients.clear();
     this.#wss.close();
   }
 

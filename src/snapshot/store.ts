@@ -25,6 +25,8 @@ export const snapshotMetaSchema = z.object({
   vm: z.string(),
   createdAt: z.string(),
   strategy: z.string(),
+  /** Set when the requested strategy failed before any state was copied and another one took over. */
+  strategyFallback: z.object({ from: z.string(), reason: z.string() }).optional(),
   consistency: z.enum(['clean', 'crash-consistent']),
   consistencyReason: z.string(),
   parentDowntimeMs: z.number(),

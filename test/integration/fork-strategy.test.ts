@@ -1,4 +1,4 @@
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +6,7 @@ import { resolvePaths } from '../../src/config.js';
 import { newestPatchedBuild } from '../../src/qemu/binary.js';
 import { childPids, fdCount, threadCount } from '../../src/qemu/process-info.js';
 import { resultOf, runCli, startCli, toCliResult } from '../helpers/forksnap-cli.js';
+import { buildFailForkLibrary } from '../helpers/fail-fork.js';
 import { inspectExt4 } from '../helpers/image-inspect.js';
 import { defineSnapshotMatrix } from '../helpers/matrix-suite.js';
 import { findChildQemu, killLeftovers, processesMentioning } from '../helpers/processes.js';
@@ -165,5 +166,48 @@ describe('fork refuses shared guest RAM', () => {
     } finally {
       await killLeftovers(root);
     }
+  });
+});
+
+describe('fork() refused (ENOMEM) → background-snapshot takes over, and says so', () => {
+  let root: string;
+  let state: string;
+  let vm: GuestVm;
+  let flag: string;
+
+  beforeAll(async () => {
+    root = await mkdtemp('/var/tmp/forksnap-forkfail-');
+    state = path.join(root, 'state');
+    flag = path.join(root, 'fail-fork-now');
+    const library = await buildFailForkLibrary();
+    vm = await startGuestVm({ name: 'nofork', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', env: { FORKSNAP_QEMU: patched, LD_PRELOAD: library, FORKSNAP_FAIL_FORK_FLAG: flag } });
+    await vm.control.waitForTick(3);
+  }, 300_000);
+
+  afterAll(async () => {
+    vm?.control.close();
+    if (state) await runCli(['vm', 'stop', 'nofork'], state);
+    const left = root ? await killLeftovers(root) : [];
+    expect(left, 'QEMU processes left behind').toEqual([]);
+  });
+
+  it('the parent stays halted while a fresh child is prepared, then resumes; the snapshot is clean', async () => {
+    await writeFile(flag, '');
+    const tickBefore = vm.control.lastTick;
+    const cli = await runCli(['snapshot', 'create', 'nofork', '--json', '--strategy', 'fork', '--name', 'fallback'], state);
+    await rm(flag, { force: true });
+    expect(cli.exitCode, cli.stderr).toBe(0);
+    const fallback = cli.lines.find((line) => line.type === 'strategy-fallback');
+    expect(fallback).toMatchObject({ from: 'fork', to: 'background-snapshot' });
+    expect(String(fallback?.reason)).toMatch(/fork\(\) failed: Cannot allocate memory/);
+    const types = cli.lines.map((line) => line.type);
+    expect(types.indexOf('strategy-fallback')).toBeLessThan(types.indexOf('parent-resumed'));
+    const meta = resultOf(cli);
+    expect(meta).toMatchObject({ strategy: 'background-snapshot', strategyFallback: { from: 'fork' }, consistency: 'clean' });
+    const facts = await inspectExt4(path.join(state, 'snapshots', 'fallback', meta.disks[0].image.file), meta.disks[0].image.format);
+    expect(facts.needsRecovery).toBe(false);
+    expect(Math.max(...facts.ticks)).toBeGreaterThanOrEqual(tickBefore);
+    const tick = vm.control.lastTick;
+    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
   });
 });

@@ -1,6 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { api, EventClient, spawnDaemon, waitForJob, type DaemonProcess } from '../../helpers/daemon-process.js';
 import { resultOf, runCli } from '../../helpers/forksnap-cli.js';
@@ -43,6 +44,7 @@ afterAll(async () => {
   expect(left, 'QEMU processes left running').toEqual([]);
 });
 
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const PIPELINE = ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'merge', 'cleanup'];
 
 describe('forksnap daemon: jobs and progress', () => {
@@ -96,8 +98,10 @@ describe('forksnap daemon: jobs and progress', () => {
     const captureSeq = events.find((event) => event.type === 'phase-start' && event.phase === 'capture').seq;
     expect(state.lastSeq).toBeGreaterThanOrEqual(captureSeq);
     expect(PIPELINE.indexOf(state.phase)).toBeGreaterThanOrEqual(PIPELINE.indexOf('capture'));
-    expect(state.downtimeMs).toBe(resumed.downtimeMs); // the parent had resumed already: the state says so
     const after = rest.filter((m) => m.type === 'event').map((m) => m.event);
+    // The downtime is in the state if the parent had resumed when the client joined, else it follows.
+    if (resumed.seq <= state.lastSeq) expect(state.downtimeMs).toBe(resumed.downtimeMs);
+    else expect(after.find((event) => event.type === 'parent-resumed')?.downtimeMs).toBe(resumed.downtimeMs);
     expect(after.map((event) => event.seq)).toEqual(events.filter((event) => event.seq > state.lastSeq).map((event) => event.seq));
     expect(after.at(-1).type).toBe('job-done');
 
@@ -219,6 +223,47 @@ describe('forksnap daemon: jobs and progress', () => {
     expect(value(/^forksnap_phase_duration_seconds_count\{phase="capture"\} (\d+)/m)).toBeGreaterThanOrEqual(5);
     expect(value(/^forksnap_snapshot_bytes_total\{vm="dj-a"\} (\d+)/m)).toBeGreaterThan(1_000_000);
     expect(text).toMatch(/^forksnap_jobs_running 0$/m);
+  });
+
+  it('shows a job\'s progress advancing and its final label on the web page (headless Chromium)', async () => {
+    const tcp = daemon.tcp!;
+    const profile = await mkdtemp(path.join(dir, 'chromium-profile-'));
+    const browser = await chromium.launchPersistentContext(profile, { executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+    try {
+      const page = browser.pages()[0] ?? (await browser.newPage());
+      await page.goto(`http://127.0.0.1:${tcp.port}/#token=${TOKEN}`);
+      await page.locator('#conn.ok').waitFor({ timeout: 30_000 });
+      expect(page.url(), 'the token is taken out of the address bar').not.toContain(TOKEN);
+      await expect.poll(() => page.locator('#vms tbody tr').count()).toBe(2);
+      // Sample what the page shows, every 20 ms, for every job row.
+      // (browser code as a string: the tests are type-checked without the DOM library)
+      await page.evaluate(`window.seen = {};
+        setInterval(() => {
+          for (const row of document.querySelectorAll('#jobs tbody tr')) {
+            const value = row.querySelector('progress').value;
+            const list = (window.seen[row.id] ??= []);
+            if (list.at(-1) !== value) list.push(value);
+          }
+        }, 20);`);
+      const id = (await api(daemon, 'POST', '/v1/jobs', { vm: 'dj-a', maxBandwidth: SLOW })).body.id as string;
+      const row = page.locator(`#job-${id}`);
+      await expect.poll(() => row.locator('.label').textContent(), { timeout: 120_000 }).toBe('clean');
+      await expect.poll(() => row.locator('.status').textContent()).toBe('succeeded');
+      const seen = (await page.evaluate(`window.seen['job-${id}'] ?? []`)) as number[];
+      expect(seen.length, `progress values shown: ${seen.join(', ')}`).toBeGreaterThanOrEqual(5);
+      expect(seen.every((value, index) => index === 0 || value > seen[index - 1]!), `progress only advances: ${seen.join(', ')}`).toBe(true);
+      expect(seen[0]).toBeLessThan(50);
+      expect(seen.at(-1)).toBe(100);
+      const record = await waitForJob(daemon, id);
+      expect(await row.locator('.downtime').textContent()).toBe(`${record.downtimeMs} ms`);
+      const snapshotRow = page.locator(`#snapshots tr[data-snapshot="${record.snapshotId}"]`);
+      await expect.poll(() => snapshotRow.count()).toBe(1);
+      expect(await snapshotRow.locator('td').nth(3).textContent()).toBe('clean');
+      expect(await snapshotRow.locator('td').nth(4).textContent()).toBe(`${record.downtimeMs} ms`);
+      await page.screenshot({ path: path.join(process.env.FORKSNAP_TEST_SCREENSHOTS ?? dir, 'daemon-web-page.png'), fullPage: true });
+    } finally {
+      await browser.close();
+    }
   });
 
   it('leaves no child QEMU behind after all that', async () => {

@@ -1,0 +1,205 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { resolvePaths, type Paths } from '../config.js';
+import { errorMessage } from '../errors.js';
+import { supportedStrategies } from '../forker/choose-strategy.js';
+import { FAST_BANDWIDTH } from '../forker/migration-config.js';
+import type { StrategyName } from '../forker/strategy.js';
+import { JobEventStream } from '../jobs/events.js';
+import { newJobId, runSnapshotJob } from '../jobs/snapshot-job.js';
+import { newestPatchedBuild, resolveQemuBinary } from '../qemu/binary.js';
+import { isAlive } from '../qemu/process-info.js';
+import { QmpClient } from '../qmp/client.js';
+import { deleteSnapshot } from '../snapshot/store.js';
+import { runBaseline } from './baselines.js';
+import { startBenchGuest, type BenchGuest } from './bench-guest.js';
+import { rateInWindow } from './guest-rate.js';
+import { MemorySampler } from './memory-sampler.js';
+import { BENCH_METHODS, checkTargets, stat, summariseMethod, type BenchMethod, type BenchResults, type RunSample, type SizeResult } from './results.js';
+
+/**
+ * `forksnap bench`: for each guest size, boot one guest on the QEMU `forksnap vm start` would use
+ * (the patched build when there is one: fork needs it, background-snapshot and precopy run on it
+ * too), start the memory-dirtying workload, and measure every method `repeat` times, the methods
+ * interleaved round-robin (each round starting one method later) so host noise spreads evenly.
+ * Real QEMU, the real job pipeline (runSnapshotJob), no mocks.
+ */
+export interface BenchOptions {
+  readonly sizesMiB: readonly number[];
+  /** Repetitions per size, in the order of sizesMiB. */
+  readonly repeat: readonly number[];
+  readonly methods?: readonly BenchMethod[];
+  /** Where the temporary guests and snapshots live (default /var/tmp). */
+  readonly workRoot?: string;
+  readonly log: Logger;
+  readonly signal: AbortSignal;
+  readonly print: (line: string) => void;
+}
+
+/** The workload scales with the guest: half its RAM static non-zero data, an eighth rewritten continuously. */
+export function workloadFor(memoryMiB: number): { ballastMiB: number; dirtyMiB: number } {
+  return { ballastMiB: Math.floor(memoryMiB / 2), dirtyMiB: Math.floor(memoryMiB / 8) };
+}
+
+const STRATEGIES: readonly BenchMethod[] = ['fork', 'background-snapshot', 'precopy'];
+
+export async function runBench(options: BenchOptions): Promise<BenchResults> {
+  const started = Date.now();
+  const loadAvgStart = os.loadavg();
+  const methods = options.methods ?? BENCH_METHODS;
+  const binary = await resolveQemuBinary(resolvePaths());
+  const patched = binary === (await newestPatchedBuild(resolvePaths()));
+  options.print(`QEMU: ${binary}${patched ? ' (patched build)' : ''}`);
+  let version = 'unknown';
+  const sizes: SizeResult[] = [];
+  for (const [index, memoryMiB] of options.sizesMiB.entries()) {
+    const work = await mkdtemp(path.join(options.workRoot ?? '/var/tmp', 'forksnap-bench-'));
+    try {
+      const result = await benchSize({ ...options, memoryMiB, repeat: options.repeat[index] ?? options.repeat.at(-1) ?? 5, methods, work, onVersion: (v) => (version = v) });
+      sizes.push(result);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+  return {
+    version: 1,
+    startedAt: new Date(started).toISOString(),
+    durationMs: Date.now() - started,
+    host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model.trim() ?? 'unknown', memTotalBytes: os.totalmem(), kernel: os.release(), loadAvgStart, loadAvgEnd: os.loadavg() },
+    qemu: { binary, version, patched, accel: 'tcg' },
+    maxBandwidthBytes: FAST_BANDWIDTH,
+    sizes,
+    targets: checkTargets(sizes),
+  };
+}
+
+async function benchSize(options: Omit<BenchOptions, 'repeat' | 'methods'> & { memoryMiB: number; repeat: number; methods: readonly BenchMethod[]; work: string; onVersion: (version: string) => void }): Promise<SizeResult> {
+  const started = Date.now();
+  const { memoryMiB, print, log, signal } = options;
+  const paths = resolvePaths({ stateDir: path.join(options.work, 'state') });
+  const workload = workloadFor(memoryMiB);
+  const label = memoryMiB >= 1024 ? `${memoryMiB / 1024} GiB` : `${memoryMiB} MiB`;
+  print(`${label}: booting the guest, filling ${workload.ballastMiB} MiB and starting to rewrite ${workload.dirtyMiB} MiB...`);
+  const guest = await startBenchGuest({ paths, dir: path.join(options.work, 'vm'), name: `bench-${memoryMiB}`, memoryMiB, ...workload, log, signal });
+  const runs: RunSample[] = [];
+  const failures = new Map<BenchMethod, string[]>();
+  const unsupported = new Map<BenchMethod, string>();
+  try {
+    const qmp = await QmpClient.connect(guest.qmpSocket, { log, signal });
+    try {
+      const { supported, reasons } = await supportedStrategies(qmp, signal);
+      if (qmp.version) options.onVersion(`${qmp.version.major}.${qmp.version.minor}.${qmp.version.micro}`);
+      for (const method of STRATEGIES) if (!supported.includes(method as StrategyName)) unsupported.set(method, reasons[method as StrategyName] ?? 'unsupported');
+    } finally {
+      qmp.close();
+    }
+    for (const [method, reason] of unsupported) print(`  ${method}: not run (${reason})`);
+    const methods = options.methods.filter((method) => !unsupported.has(method));
+    for (let rep = 1; rep <= options.repeat; rep++) {
+      const order = methods.map((_, i) => methods[(i + rep - 1) % methods.length]!);
+      for (const method of order) {
+        if (!(await isAlive(guest.pid))) throw new Error(`the ${label} guest's QEMU (pid ${guest.pid}) is gone`);
+        const before = await guest.control.waitForRates(4, 30_000);
+        const rateBeforeMiBs = ((before.at(-1)!.totalMiB - before[0]!.totalMiB) * 1000) / (before.at(-1)!.at - before[0]!.at);
+        const sampler = MemorySampler.start(guest.pid);
+        let measured: Measured | undefined;
+        try {
+          measured = await measure(method, guest, paths, rep, log, signal);
+        } catch (error) {
+          if (signal.aborted) throw signal.reason;
+          const message = errorMessage(error);
+          failures.set(method, [...(failures.get(method) ?? []), message]);
+          log.error({ method, rep, err: message }, 'bench run failed');
+          print(`  ${method} ${rep}/${options.repeat}: FAILED ${message}`);
+        } finally {
+          const memory = await sampler.stop();
+          if (measured) {
+            const during = measured.window === 'paused' ? { mibPerS: 0, spanMs: measured.downtimeMs, exact: true } : measured.window ? rateInWindow(guest.control.rates, measured.window.from, measured.window.to) : undefined;
+            const run: RunSample = {
+              method, rep,
+              downtimeMs: measured.downtimeMs,
+              timeToStateMs: measured.timeToStateMs,
+              timeToImageMs: measured.timeToImageMs,
+              precopyMs: measured.precopyMs,
+              rateBeforeMiBs,
+              rateDuringMiBs: during?.mibPerS ?? null,
+              rateWindowMs: during?.spanMs ?? null,
+              rateExact: during?.exact ?? false,
+              peakRssBytes: memory.peakRssBytes,
+              peakPssBytes: memory.peakPssBytes,
+              processes: memory.processes,
+              consistency: measured.consistency,
+            };
+            runs.push(run);
+            print(`  ${method.padEnd(19)} ${rep}/${options.repeat}: ${describeRun(run)}`);
+          }
+        }
+      }
+    }
+  } finally {
+    await guest.stop();
+  }
+  return {
+    memoryMiB,
+    ...workload,
+    repeat: options.repeat,
+    rateBeforeMiBs: stat(runs.map((run) => run.rateBeforeMiBs)),
+    methods: options.methods.map((method) => summariseMethod(method, runs, failures.get(method) ?? [], unsupported.get(method))),
+    runs,
+    durationMs: Date.now() - started,
+  };
+}
+
+interface Measured {
+  readonly downtimeMs: number;
+  readonly timeToStateMs: number | null;
+  readonly timeToImageMs: number;
+  readonly precopyMs?: number | undefined;
+  /** The host-time window in which the capture ran while the guest could run, or 'paused' throughout. */
+  readonly window: { from: number; to: number } | 'paused' | undefined;
+  readonly consistency: string;
+}
+
+async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep: number, log: Logger, signal: AbortSignal): Promise<Measured> {
+  const jobId = newJobId();
+  if (method === 'stop-the-world' || method === 'disk-only') {
+    const parent = await QmpClient.connect(guest.qmpSocket, { log, signal });
+    try {
+      const result = await runBaseline(method, { parent, parentPid: guest.pid, parentSocket: guest.qmpSocket, workDir: path.join(paths.stateDir, 'bench', jobId), jobId, log, signal });
+      return {
+        downtimeMs: result.downtimeMs,
+        timeToStateMs: result.stateCompleteAtMs === undefined ? null : Math.round(result.stateCompleteAtMs - result.haltedAtMs),
+        timeToImageMs: Math.round(result.imageReadyAtMs - result.haltedAtMs),
+        window: method === 'stop-the-world' ? 'paused' : undefined,
+        consistency: result.consistency,
+      };
+    } finally {
+      parent.close();
+    }
+  }
+  const events = new JobEventStream(jobId);
+  const meta = await runSnapshotJob({ vm: guest.name, jobId, snapshotId: `bench-${method}-${rep}`, strategy: method as StrategyName, paths, log, signal, events });
+  await deleteSnapshot(paths, meta.id);
+  const haltedAt = Date.parse(meta.createdAt);
+  const captureStart = events.history.find((event) => event.type === 'phase-start' && event.phase === 'capture');
+  // fork and background-snapshot copy after the parent resumed; precopy copies before its halt.
+  const window = method === 'precopy'
+    ? (captureStart ? { from: Date.parse(captureStart.time), to: haltedAt } : undefined)
+    : { from: haltedAt + meta.parentDowntimeMs, to: haltedAt + meta.timeToStateMs };
+  return {
+    downtimeMs: meta.parentDowntimeMs,
+    timeToStateMs: meta.timeToStateMs,
+    timeToImageMs: meta.timeToImageMs,
+    precopyMs: method === 'precopy' ? meta.phasesMs.capture : undefined,
+    window,
+    consistency: meta.consistency,
+  };
+}
+
+function describeRun(run: RunSample): string {
+  const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+  const rate = run.rateDuringMiBs === null ? 'n/a' : `${Math.round((run.rateDuringMiBs / run.rateBeforeMiBs) * 100)} % of ${run.rateBeforeMiBs.toFixed(0)} MiB/s${run.rateExact ? '' : ' (short window)'}`;
+  return `downtime ${run.downtimeMs.toFixed(1)} ms, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}`;
+}

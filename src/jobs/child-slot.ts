@@ -1,0 +1,42 @@
+import type { Logger } from 'pino';
+import { verifyChildMatchesParent } from '../isolation/verify-child.js';
+import { QemuChildProcess } from '../qemu/child-process.js';
+import type { QmpClient } from '../qmp/client.js';
+
+/**
+ * The child QEMU of a job: started with -incoming, checked against the parent, listening for the
+ * state. Replaceable, because a capture that fails before any state arrived (fork() refused) is
+ * retried with another strategy on a fresh child while the parent is still halted.
+ */
+export class ChildSlot {
+  process: QemuChildProcess | undefined;
+  qmp: QmpClient | undefined;
+
+  constructor(
+    private readonly argv: readonly string[],
+    private readonly qmpSocket: string,
+    private readonly migrationUri: string,
+    private readonly log: Logger,
+    private readonly onSpawn: (pid: number) => Promise<void>,
+  ) {}
+
+  async start(parent: QmpClient, signal: AbortSignal, options: { verify: boolean }): Promise<{ process: QemuChildProcess; qmp: QmpClient }> {
+    const process = QemuChildProcess.spawn(this.argv, this.log);
+    this.process = process;
+    await this.onSpawn(process.pid);
+    const qmp = await process.connectQmp(this.qmpSocket, signal);
+    this.qmp = qmp;
+    if (options.verify) await verifyChildMatchesParent(parent, qmp, signal);
+    await qmp.execute('migrate-incoming', { uri: this.migrationUri }, { signal });
+    return { process, qmp };
+  }
+
+  /** Make sure the current child is gone (quit → SIGTERM → SIGKILL). Never throws. */
+  async stop(): Promise<void> {
+    const { process, qmp } = this;
+    this.process = undefined;
+    this.qmp = undefined;
+    if (process) await process.terminate(qmp);
+    qmp?.close();
+  }
+}
