@@ -44,6 +44,7 @@ export function eventRenderer(mode: 'tty' | 'json-lines' | 'text'): { onEvent: (
     cliProgress.Presets.shades_classic,
   );
   let active = false;
+  let resumedNote = '';
   const finishBar = () => {
     if (active) bar.stop();
     active = false;
@@ -57,15 +58,19 @@ export function eventRenderer(mode: 'tty' | 'json-lines' | 'text'): { onEvent: (
           active = true;
           break;
         case 'phase-progress':
-          if (active) bar.update(event.percent !== undefined ? Math.round(event.percent) : bar.getProgress() * 100, { message: event.message ?? (event.bytes !== undefined ? `${(event.bytes / 1048576).toFixed(1)} MiB` : '') });
+          if (active) {
+            const bytes = event.bytes !== undefined ? `${(event.bytes / 1048576).toFixed(1)} MiB` : '';
+            bar.update(event.percent !== undefined ? Math.round(event.percent) : bar.getProgress() * 100, { message: [resumedNote, event.message ?? bytes].filter(Boolean).join(', ') });
+          }
           break;
         case 'phase-end':
-          if (active) bar.update(100, { message: `${event.durationMs} ms` });
+          if (active) bar.update(100, { message: [`${event.durationMs} ms`, event.phase === 'capture' || event.phase === 'switchover' ? resumedNote : ''].filter(Boolean).join(', ') });
           finishBar();
           break;
         case 'parent-resumed':
-          finishBar();
-          process.stderr.write(`   parent resumed after ${event.downtimeMs} ms of downtime\n`);
+          // Shown in the running capture bar: writing a line now would tear the bar.
+          resumedNote = `parent resumed after ${event.downtimeMs} ms`;
+          if (active) bar.update(bar.getProgress() * 100, { message: resumedNote });
           break;
         case 'strategy-fallback':
           process.stderr.write(`   strategy ${event.from} failed (${event.reason}); falling back to ${event.to}\n`);
