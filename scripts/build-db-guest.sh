@@ -6,6 +6,8 @@
 # Output: ${FORKSNAP_CACHE_DIR:-/var/cache/forksnap}/db-guest/<key>/
 #   root.qcow2     ext4 filesystem on the whole disk (guest sees /dev/vda)
 #   vmlinuz        kernel for direct boot (-kernel)
+#   vmlinux        the same kernel uncompressed (PVH ELF, also works with
+#                  -kernel and boots ~4 s faster under TCG)
 #   initrd.img     initramfs (-initrd)
 #   manifest.json  absolute paths, disk format, kernel append line
 # <key> = first 16 hex digits of sha256 over this script and every file under
@@ -34,6 +36,7 @@ APPEND="root=/dev/vda rw console=ttyS0 quiet"
 APT_LOCK=(-o DPkg::Lock::Timeout=600)
 
 log() { printf '[build-db-guest] %s\n' "$*" >&2; }
+trap 'rc=$?; log "FAILED (exit $rc) at line $LINENO: $BASH_COMMAND"' ERR
 die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot)"
@@ -105,6 +108,7 @@ command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v flock >/dev/null || need_pkgs+=(util-linux)
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	log "installing host packages: ${need_pkgs[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -229,13 +233,24 @@ kver=$(cd "$ROOT/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | sort -V | tail -n
 [ -n "$kver" ] || die "no kernel in $ROOT/boot"
 install -m 644 "$ROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz"
 install -m 644 "$ROOT/boot/initrd.img-$kver" "$OUT/initrd.img"
+# Also the uncompressed kernel (ELF with a PVH entry point; QEMU's -kernel
+# boots it directly). It skips the in-guest xz decompression of vmlinuz,
+# which takes ~4 s under TCG.
+xz_offs=$(LC_ALL=C grep -abo $'\xfd7zXZ' "$OUT/vmlinuz" | cut -d: -f1) || true
+xz_off=${xz_offs%%$'\n'*}
+[ -n "$xz_off" ] || die "vmlinuz: no xz payload found"
+tail -c +"$((xz_off + 1))" "$OUT/vmlinuz" >"$WORK/vmlinux.xz"
+xz -dc --single-stream "$WORK/vmlinux.xz" >"$OUT/vmlinux"
+rm -f "$WORK/vmlinux.xz"
+[ "$(head -c 4 "$OUT/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] || die "vmlinux extraction failed"
+chmod 644 "$OUT/vmlinux"
 pgver=$(in_root dpkg-query -W -f '${Version}' "postgresql-$PG_MAJOR")
 
 log "creating ext4 image ($DISK_SIZE)"
 fs_uuid=$(printf 'fs-%s' "$KEY" | sha256sum | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')
 hash_seed=$(printf 'hash-%s' "$KEY" | sha256sum | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')
 truncate -s "$DISK_SIZE" "$WORK/root.raw"
-E2FSPROGS_FAKE_TIME=$(stat -c %Y "$SCRIPT") \
+E2FSPROGS_FAKE_TIME=${SOURCE_DATE_EPOCH:-1700000000} \
 	mkfs.ext4 -q -F -L fsnap-root -U "$fs_uuid" -m 1 \
 	-E "hash_seed=$hash_seed,lazy_itable_init=0,lazy_journal_init=0" \
 	-d "$ROOT" "$WORK/root.raw"
@@ -252,6 +267,7 @@ cat >"$OUT/manifest.json" <<EOF
   "disk": "$FINAL/root.qcow2",
   "disk_format": "qcow2",
   "kernel": "$FINAL/vmlinuz",
+  "kernel_pvh": "$FINAL/vmlinux",
   "initrd": "$FINAL/initrd.img",
   "append": "$APPEND",
   "load_append": "fsnap.load=1",

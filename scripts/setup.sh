@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything forksnap's demo and tests need on a fresh Debian 12 machine (as root), and
 # nothing twice: Debian packages, npm dependencies, the build, the patched QEMU (cached under
-# ${FORKSNAP_CACHE_DIR:-/var/cache/forksnap}/qemu) and the test guest (cached alongside).
+# ${FORKSNAP_CACHE_DIR:-/var/cache/forksnap}/qemu), the test guest and the PostgreSQL guest
+# (cached alongside).
 # Idempotent; each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -37,4 +38,6 @@ log "patched QEMU (fork strategy)"
 bash scripts/build-qemu.sh >&2
 log "test guest"
 bash scripts/build-test-guest.sh >&2
+log "PostgreSQL guest (debootstrap, a few minutes the first time)"
+bash scripts/build-db-guest.sh >&2
 log "done"

@@ -2,6 +2,7 @@ import { STRATEGY_NAMES, type StrategyName } from '../forker/strategy.js';
 import { JobEventStream } from '../jobs/events.js';
 import { newJobId } from '../jobs/snapshot-job.js';
 import { runDemo } from '../demo/run-demo.js';
+import { runDbDemo } from '../demo/run-db-demo.js';
 import { ForksnapError } from '../errors.js';
 import type { CliContext } from './context.js';
 import { eventRenderer, printJson } from './output.js';
@@ -17,6 +18,7 @@ export async function demoCommand(context: CliContext): Promise<number> {
   const renderer = eventRenderer(json ? 'json-lines' : process.stderr.isTTY ? 'tty' : 'text');
   events.subscribe(renderer.onEvent);
   const print = (line: string) => (json ? undefined : process.stdout.write(`${line}\n`));
+  if (values.db === true) return dbDemo(context, strategy as StrategyName | 'auto', events, print, () => renderer.stop());
   const result = await runDemo({ memoryMiB: Number(memoryText), strategy: strategy as StrategyName | 'auto', log, signal, events, keep: values.keep === true, print }).finally(() => renderer.stop());
   const verified = result.consistency === 'clean' && !result.snapshot.needsRecovery && result.snapshot.shutdownMarker && result.snapshot.ticks >= result.tickAtHalt && result.crashImage.needsRecovery;
   if (json) {
@@ -44,4 +46,27 @@ function row(label: string, snapshot: string, crash: string): string {
 
 function yesNo(value: boolean): string {
   return value ? 'YES' : 'no';
+}
+
+/** `forksnap demo --db`: see src/demo/run-db-demo.ts. Exit 0 only when the DB proof holds. */
+async function dbDemo(context: CliContext, strategy: StrategyName | 'auto', events: JobEventStream, print: (line: string) => void, stopRenderer: () => void): Promise<number> {
+  const result = await runDbDemo({ strategy, log: context.log, signal: context.signal, events, keep: context.values.keep === true, print }).finally(stopRenderer);
+  const holdsAll = result.snapshot.maxN >= result.lastAckBeforeHalt && result.snapshot.maxN < result.firstAckAfterResume;
+  const verified = result.consistency === 'clean' && result.snapshot.verdict === 'clean' && holdsAll;
+  if (context.json) {
+    printJson({ ...result, verified });
+    return verified ? 0 : 1;
+  }
+  print('');
+  print(`strategy ${result.strategy}: parent downtime ${result.parentDowntimeMs} ms; the DB client's longest gap between acknowledged transactions ${result.clientGapMs} ms`);
+  print(`load (transactions/s): before ${result.ratesPerSecond.before.toFixed(1)}, during the capture ${result.ratesPerSecond.during.toFixed(1)}, after ${result.ratesPerSecond.after.toFixed(1)}`);
+  print(`last transaction acknowledged before the halt: ${result.lastAckBeforeHalt}; first acknowledged by the parent after resuming: ${result.firstAckAfterResume}`);
+  for (const [label, verdict] of [['forksnap snapshot', result.snapshot], ['disk-only snapshot', result.crashImage]] as const) {
+    print('');
+    print(`${label}: PostgreSQL start-up: ${verdict.verdict === 'clean' ? 'clean (shut down normally)' : verdict.verdict === 'recovery' ? 'CRASH RECOVERY' : 'unknown'}; table max(n) = ${verdict.maxN}, ${verdict.rows} rows`);
+    for (const line of verdict.logLines) print(`  | ${line}`);
+  }
+  print('');
+  print(verified ? 'VERIFIED: PostgreSQL in the snapshot starts without recovery and holds every transaction acknowledged before the halt, none from after.' : 'NOT VERIFIED: see above.');
+  return verified ? 0 : 1;
 }

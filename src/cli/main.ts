@@ -28,6 +28,7 @@ Usage:
   forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
   forksnap strategies VM                           capture strategies this VM's QEMU supports
   forksnap demo [--memory MIB] [--strategy S] [--keep]  boot the demo guest, snapshot it under load, verify
+  forksnap demo --db [--strategy S]                PostgreSQL under load: snapshot, boot it, compare with disk-only
   forksnap bench [--sizes 512,1024,2048] [--repeat 5] [--out docs/bench]  benchmark the strategies against baselines
   forksnap serve [--config FILE] [--socket PATH] [--listen HOST:PORT --token-file FILE] [--max-concurrent-jobs N]
                                                    run the daemon (HTTP+WebSocket API, schedules, hooks)
@@ -70,6 +71,7 @@ export async function main(argv: string[]): Promise<number> {
         restart: { type: 'boolean', default: false },
         memory: { type: 'string' },
         keep: { type: 'boolean', default: false },
+        db: { type: 'boolean', default: false },
         socket: { type: 'string' },
         'no-daemon': { type: 'boolean', default: false },
         config: { type: 'string' },

@@ -21,6 +21,7 @@ export class ControlChannel {
   #buffer = '';
   #lines: string[] = [];
   #waiters: { match: (line: string) => boolean; resolve: (line: string) => void }[] = [];
+  readonly #listeners = new Set<(line: string) => void>();
   lastTick = 0;
   lastTickAt = 0;
   readonly ticks: { n: number; at: number }[] = [];
@@ -60,6 +61,19 @@ export class ControlChannel {
       if (line) return;
     }
     throw new Error('guest did not answer ping');
+  }
+
+  /** Every line the guest sends, as it arrives (for protocols with unasked lines, like ACK). */
+  onLine(listener: (line: string) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Send a command and resolve with the first reply line matching `reply`. */
+  async request(command: string, reply: (line: string) => boolean, timeoutMs = 15_000): Promise<string> {
+    const answer = this.waitForLine(reply, timeoutMs);
+    this.socket.write(`${command}\n`);
+    return answer;
   }
 
   async command(command: string, timeoutMs = 15_000): Promise<string> {
@@ -119,6 +133,7 @@ export class ControlChannel {
       }
       const rate = /^RATE (\d+(?:\.\d+)?) (\d+)$/.exec(line);
       if (rate) this.rates.push({ mibPerS: Number(rate[1]), totalMiB: Number(rate[2]), at: Date.now() });
+      for (const listener of [...this.#listeners]) listener(line);
       for (const waiter of [...this.#waiters]) {
         if (waiter.match(line)) {
           this.#waiters = this.#waiters.filter((w) => w !== waiter);
