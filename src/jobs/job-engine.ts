@@ -22,6 +22,8 @@ export interface JobEngineOptions {
   readonly run?: (options: RunJobOptions) => Promise<SnapshotResult>;
 }
 
+const EVENT_HISTORY_JOBS = 20;
+
 interface Entry {
   record: JobRecord;
   events?: JobEventStream;
@@ -263,6 +265,11 @@ export class JobEngine {
   async #prune(): Promise<void> {
     const limit = this.options.historyLimit ?? 500;
     const finished = this.list().filter((record) => isFinished(record.status));
+    // Event histories (for ?events=1 and replay) are kept for the newest finished jobs only.
+    for (const record of finished.slice(0, Math.max(0, finished.length - EVENT_HISTORY_JOBS))) {
+      const entry = this.#jobs.get(record.id);
+      if (entry) entry.events = undefined;
+    }
     for (const record of finished.slice(0, Math.max(0, finished.length - limit))) {
       this.#jobs.delete(record.id);
       await this.#store.remove(record.id);

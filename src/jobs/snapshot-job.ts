@@ -193,7 +193,7 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
           const { undo: merge } = await snapshot.commitAtHalt(signal);
           // The child holds the frozen base image open (read-only): it must be gone before the merge can write it.
           if (merge) undo.push(`merge the parent overlay of ${snapshot.disk.id}`, async () => {
-            await childProcess.terminate(child);
+            await slot.stop();
             await merge();
           });
         }

@@ -5,9 +5,14 @@ import { readFile, readlink, readdir } from 'node:fs/promises';
 export async function isAlive(pid: number): Promise<boolean> {
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    // Field 3 is the state; a zombie (Z) or dead (X) process is not alive.
+    // Field 3 is the state; a zombie (Z) or dead (X) process is not alive...
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
+    if (state !== 'Z' && state !== 'X') return true;
+    // ...unless only its main thread has exited: a killed multi-threaded process (QEMU) shows a
+    // zombie leader while its other threads are still exiting, and they still hold its files and
+    // image locks. It is dead once the leader is its last task.
+    const tasks = await readdir(`/proc/${pid}/task`).catch(() => []);
+    return tasks.length > 1;
   } catch {
     return false;
   }

@@ -14,6 +14,11 @@ export interface DaemonProcess {
   readonly tcp: { host: string; port: number } | null;
   /** stderr so far (pino JSON logs), for failure messages. */
   logs(): string;
+  /**
+   * Send a signal with process.kill (not execa's kill(), which follows a SIGTERM with a SIGKILL
+   * after 5 s: a daemon letting a job finish must not be killed for it).
+   */
+  signal(name: NodeJS.Signals): void;
 }
 
 export async function spawnDaemon(stateDir: string, args: string[] = [], env: Record<string, string> = {}): Promise<DaemonProcess> {
@@ -48,7 +53,7 @@ export async function spawnDaemon(stateDir: string, args: string[] = [], env: Re
       reject(new Error(`daemon exited (${result.exitCode ?? result.signal}) before listening: ${stderr.slice(-3000)}`));
     });
   });
-  return { process: child, pid: child.pid!, socket: listening.socket, tcp: listening.tcp, logs: () => stderr };
+  return { process: child, pid: child.pid!, socket: listening.socket, tcp: listening.tcp, logs: () => stderr, signal: (name) => process.kill(child.pid!, name) };
 }
 
 export interface ApiAnswer {

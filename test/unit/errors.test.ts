@@ -19,7 +19,7 @@ describe('ForksnapError', () => {
 
   it('uses only the documented exit codes and error HTTP statuses', () => {
     for (const info of Object.values(ERROR_CODES)) {
-      expect([1, 2, 3, 4, 130]).toContain(info.exit);
+      expect([1, 2, 3, 4, 5, 130]).toContain(info.exit);
       expect(info.http).toBeGreaterThanOrEqual(400);
       expect(info.http).toBeLessThan(600);
     }

@@ -37,7 +37,7 @@ afterAll(async () => {
   vm?.control.close();
   for (const daemon of daemons) {
     if (daemon.process.exitCode === null && daemon.process.signalCode === null) {
-      daemon.process.kill('SIGTERM');
+      daemon.signal('SIGTERM');
       await daemon.process;
     }
   }
@@ -90,7 +90,7 @@ async function killDuring(phase: string, job: object): Promise<{ id: string; chi
   expect(record).toMatchObject({ status: 'running', phase });
   const childPid = await findChildQemu(dir);
   expect(childPid, 'a child QEMU runs mid-job').toBeDefined();
-  daemon.process.kill('SIGKILL');
+  daemon.signal('SIGKILL');
   await daemon.process;
   client.close();
   expect(await isAlive(childPid!), 'the child outlives the killed daemon (an orphan to recover)').toBe(true);
@@ -127,7 +127,7 @@ describe('forksnap daemon: killed and restarted mid-job', () => {
   it('on SIGTERM stops accepting jobs, cancels and unwinds a job that outlasts the grace time, and exits 0', async () => {
     const previous = daemons.at(-1);
     if (previous && previous.process.exitCode === null && previous.process.signalCode === null) {
-      previous.process.kill('SIGTERM');
+      previous.signal('SIGTERM');
       expect((await previous.process).exitCode, 'an idle daemon exits 0 on SIGTERM').toBe(0);
     }
     await writeFile(path.join(dir, 'grace.yaml'), 'jobs:\n  shutdownGraceSeconds: 2\n');
@@ -136,7 +136,7 @@ describe('forksnap daemon: killed and restarted mid-job', () => {
     const id = (await api(daemon, 'POST', '/v1/jobs', { vm: 'dc', shutdownTimeoutSeconds: 120 })).body.id as string;
     await client.waitForEvent(id, 'phase-start', (event) => event.phase === 'shutdown');
     const childPid = (await findChildQemu(dir))!;
-    daemon.process.kill('SIGTERM');
+    daemon.signal('SIGTERM');
     for (let i = 0; i < 50 && (await api(daemon, 'GET', '/v1/health')).body.acceptingJobs; i++) await delay(100);
     const refused = await api(daemon, 'POST', '/v1/jobs', { vm: 'dc' });
     expect(refused.status).toBe(503);
@@ -149,12 +149,30 @@ describe('forksnap daemon: killed and restarted mid-job', () => {
     await expectCleanAfterRecovery(childPid);
   });
 
+  it('cancels a running job through the API: it unwinds and ends cancelled', async () => {
+    const daemon = await start();
+    const client = await EventClient.unix(daemon.socket, 'job=*');
+    const id = (await api(daemon, 'POST', '/v1/jobs', { vm: 'dc', maxBandwidth: 8 * 1024 * 1024 })).body.id as string;
+    await client.waitForEvent(id, 'phase-start', (event) => event.phase === 'capture');
+    const childPid = (await findChildQemu(dir))!;
+    const cancelled = await api(daemon, 'POST', `/v1/jobs/${id}/cancel`);
+    expect(cancelled.status).toBe(202);
+    const failed = await client.waitForEvent(id, 'job-failed');
+    expect(failed).toMatchObject({ code: 'CANCELLED', phase: 'capture' });
+    expect(client.events(id).at(-1)).toEqual(failed);
+    expect((await api(daemon, 'GET', `/v1/jobs/${id}`)).body).toMatchObject({ status: 'cancelled', error: { code: 'CANCELLED' } });
+    expect((await api(daemon, 'POST', `/v1/jobs/${id}/cancel`)).body.error.code).toBe('JOB_FINISHED');
+    await expectCleanAfterRecovery(childPid);
+    daemon.signal('SIGTERM');
+    expect((await daemon.process).exitCode).toBe(0);
+  });
+
   it('on SIGTERM lets a job that fits in the grace time finish', async () => {
     const daemon = await start();
     const client = await EventClient.unix(daemon.socket, 'job=*');
     const id = (await api(daemon, 'POST', '/v1/jobs', { vm: 'dc', shutdownTimeoutSeconds: 2 })).body.id as string;
     await client.waitForEvent(id, 'phase-start', (event) => event.phase === 'capture');
-    daemon.process.kill('SIGTERM');
+    daemon.signal('SIGTERM');
     const done = await client.waitForEvent(id, 'job-done');
     expect(done.consistency).toBe('crash-consistent');
     expect((await daemon.process).exitCode).toBe(0);

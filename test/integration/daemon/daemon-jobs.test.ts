@@ -35,7 +35,7 @@ afterAll(async () => {
   vmA?.control.close();
   vmB?.control.close();
   if (daemon) {
-    daemon.process.kill('SIGTERM');
+    daemon.signal('SIGTERM');
     await daemon.process;
   }
   for (const vm of ['dj-a', 'dj-b']) await runCli(['vm', 'stop', vm, '--no-daemon'], stateDir);

@@ -53,7 +53,7 @@ afterAll(async () => {
   vm?.control.close();
   await inProcess?.stop(5000);
   if (spawned && spawned.process.exitCode === null) {
-    spawned.process.kill('SIGTERM');
+    spawned.signal('SIGTERM');
     await spawned.process;
   }
   await runCli(['vm', 'stop', 'ds', '--no-daemon'], stateDir);
@@ -224,7 +224,7 @@ vms:
     expect(Date.parse(earlyState!.lastSlot)).toBeGreaterThan(Date.parse(longAgo));
     for (const entry of schedules) expect(Date.parse(entry.nextRunAt)).toBeGreaterThan(Date.now());
     expect(((await api(spawned, 'GET', '/v1/jobs?vm=ds')).body as JobRecord[]).filter((job) => job.schedule === 'early')).toEqual([]);
-    spawned.process.kill('SIGTERM');
+    spawned.signal('SIGTERM');
     expect((await spawned.process).exitCode).toBe(0);
     expect((await processesMentioning(dir)).filter((proc) => proc.argv.includes('-incoming'))).toEqual([]);
   });
