@@ -37,25 +37,25 @@ export function renderSetup(results: BenchResults): string[] {
   const repeats = results.sizes.map((size) => `${size.repeat} at ${sizeLabel(size.memoryMiB)}`).join(', ');
   return [
     `Run ${results.startedAt}, ${minutes(results.durationMs)} in all. Host: ${results.host.cpus} cores (${results.host.cpuModel}), shared with other work (load average ${results.host.loadAvgStart.map((n) => n.toFixed(1)).join(' / ')} at the start, ${results.host.loadAvgEnd.map((n) => n.toFixed(1)).join(' / ')} at the end), ${gib(results.host.memTotalBytes)} RAM, Linux ${results.host.kernel}.`,
-    `QEMU ${results.qemu.version} (${results.qemu.patched ? 'forksnap-patched build with x-fork-snapshot' : 'stock'}: \`${results.qemu.binary}\`), accel=${results.qemu.accel}, 1 vCPU; every strategy and stop-the-world migrate with max-bandwidth ${gib(results.maxBandwidthBytes)}/s. Repetitions: ${repeats}; methods interleaved round-robin.`,
-    "Guest: the test guest (busybox initramfs) holding a static non-zero ballast in tmpfs and rewriting a tmpfs file in a loop (`ballast M`, `dirty N`); it reports its own rate every second of its uptime.",
+    `QEMU ${results.qemu.version} (${results.qemu.patched ? 'forksnap-patched build with x-fork-snapshot' : 'stock'}: \`${results.qemu.binary}\`), accel=${results.qemu.accel}, 1 vCPU; every strategy and stop-the-world migrate with max-bandwidth ${gib(results.maxBandwidthBytes)}/s. Repetitions: ${repeats}; the methods interleaved, shuffled per repetition.`,
+    "Guest: the test guest (busybox initramfs) holding a static non-zero ballast in tmpfs and rewriting a tmpfs file in a loop (`ballast M`, `dirty N`); it reports its own rate, and the MiB rewritten, every 250 ms of its own uptime.",
     '',
-    'Columns: median (min–max). *Downtime*: QMP STOP to RESUME. *State*: halt until the child (stop-the-world: the state file) holds the whole state. *Image*: halt until the snapshot image is written. *Guest rate*: the guest\'s dirtying rate while the capture runs (fork and background-snapshot: from the resume until the child holds the state; precopy: the iterative copy before its halt; stop-the-world: paused, 0 %), as a share of its usual rate: the median over the 3 s windows measured before every run of that guest size. *Host memory*: peak Pss summed over all QEMU processes of the run (parent, forked streamer, child); the VmRSS sum, which counts pages shared copy-on-write twice, in brackets.',
+    'Columns: median (min–max). *Downtime*: QMP STOP to RESUME. *State*: halt until the child (stop-the-world: the state file) holds the whole state. *Image*: halt until the snapshot image is written. *Guest rate*: the guest\'s dirtying rate while the capture runs (fork and background-snapshot: from the resume until the child holds the state; precopy: the iterative copy before its halt; stop-the-world: paused, 0 %), as a share of its usual rate: the median over the 2 s windows measured before every run of that guest size. *Same, CPU wait taken out*: the guest\'s rate over the time its vCPU thread was not waiting in a host run queue (on a CPU, or blocked in a copy-on-write or userfaultfd fault or on a lock), during the capture against the 2 s before it: the capture\'s own cost to the guest without the host\'s CPU contention. *vCPU on a CPU*: share of the capture\'s wall time the vCPU thread ran. *Host memory*: peak Pss summed over all QEMU processes of the run (parent, forked streamer, child); the VmRSS sum, which counts pages shared copy-on-write twice, in brackets.',
   ];
 }
 
 export function renderSizeTable(size: SizeResult): string[] {
   const rate = size.rateBeforeMiBs ? `${size.rateBeforeMiBs.median.toFixed(0)} MiB/s (${size.rateBeforeMiBs.min.toFixed(0)}–${size.rateBeforeMiBs.max.toFixed(0)} before the runs)` : 'n/a';
   const rows = size.methods.map((summary) => {
-    if (summary.unsupported) return `| ${summary.method} | not run: ${summary.unsupported} | | | | | |`;
+    if (summary.unsupported) return `| ${summary.method} | not run: ${summary.unsupported} | | | | | | | |`;
     const failed = summary.failures.length ? ` (${summary.failures.length} failed)` : '';
-    return `| ${summary.method}${failed} | ${ms(summary.downtimeMs)} | ${ms(summary.timeToStateMs)}${summary.precopyMs ? ` (+${ms(summary.precopyMs, true)} pre-copy)` : ''} | ${ms(summary.timeToImageMs)} | ${fraction(summary)} | ${memory(summary)} | ${summary.consistency} |`;
+    return `| ${summary.method}${failed} | ${ms(summary.downtimeMs)} | ${ms(summary.timeToStateMs)}${summary.precopyMs ? ` (+${ms(summary.precopyMs, true)} pre-copy)` : ''} | ${ms(summary.timeToImageMs)} | ${fraction(summary.rateFraction)} | ${fraction(summary.rateFractionNoWait)} | ${summary.vcpuShareDuring ? percent(summary.vcpuShareDuring.median) : 'n/a'} | ${memory(summary)} | ${summary.consistency} |`;
   });
   return [
     `## ${sizeLabel(size.memoryMiB)} guest (${size.ballastMiB} MiB ballast + ${size.dirtyMiB} MiB rewritten at ${rate}, ${size.repeat} repetitions, ${minutes(size.durationMs)})`,
     '',
-    '| method | parent downtime (ms) | time to state (ms) | time to image (ms) | guest rate during capture | peak host memory MiB | consistency |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | --- |',
+    '| method | parent downtime (ms) | time to state (ms) | time to image (ms) | guest rate during capture | same, CPU wait taken out | vCPU on a CPU | peak host memory MiB | consistency |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
     ...rows,
   ];
 }
@@ -75,8 +75,7 @@ function ms(value: Stat | null, bare = false): string {
   return `${round(value.median)} (${round(value.min)}–${round(value.max)})`;
 }
 
-function fraction(summary: MethodSummary): string {
-  const value = summary.rateFraction;
+function fraction(value: Stat | null): string {
   if (!value) return 'n/a';
   if (value.max === 0) return '0 % (paused)';
   return value.n === 1 ? percent(value.median) : `${percent(value.median)} (${percent(value.min)}–${percent(value.max)})`;

@@ -20,12 +20,23 @@ export interface RunSample {
   /** Guest rate while the capture ran (see captureWindow in run-bench.ts); 0 if paused throughout, null if nothing to measure. */
   readonly rateDuringMiBs: number | null;
   readonly rateWindowMs: number | null;
+  /**
+   * The same two rates with the vCPU thread's wait for a host CPU taken out of the time
+   * (vcpu-clock.ts): the capture's own cost to the guest, without the host's CPU contention.
+   */
+  readonly rateBeforeNoWaitMiBs: number | null;
+  readonly rateDuringNoWaitMiBs: number | null;
+  /** Share of the wall time the vCPU thread was on a host CPU, before and during the capture. */
+  readonly vcpuShareBefore: number | null;
+  readonly vcpuShareDuring: number | null;
   /** False when the capture window was too short for two RATE lines (see guest-rate.ts). */
   readonly rateExact: boolean;
   readonly peakRssBytes: number;
   readonly peakPssBytes: number;
   readonly processes: Record<string, number>;
   readonly consistency: string;
+  /** Why, when a forksnap job's snapshot is not clean (e.g. the child guest never powered off). */
+  readonly consistencyReason?: string | undefined;
 }
 
 export interface Stat {
@@ -49,12 +60,16 @@ export interface MethodSummary {
   readonly rateDuringMiBs: Stat | null;
   /**
    * Guest rate during each capture / the median of every pre-run window of this guest size (all
-   * methods, all repetitions): on a shared host the 3 s just before one run swing as much as the
+   * methods, all repetitions): on a shared host the 2 s just before one run swing as much as the
    * capture does, the pooled median does not.
    */
   readonly rateFraction: Stat | null;
-  /** The same, each capture against the 3 s just before it (kept for the record). */
+  /** The same, each capture against the 2 s just before it (kept for the record). */
   readonly rateFractionPaired: Stat | null;
+  /** Each capture against the 2 s before it, both with the vCPU's wait for a host CPU taken out. */
+  readonly rateFractionNoWait: Stat | null;
+  /** Share of the wall time the guest's vCPU thread got a host CPU during the capture. */
+  readonly vcpuShareDuring: Stat | null;
   readonly peakPssBytes: Stat | null;
   readonly peakRssBytes: Stat | null;
   readonly consistency: string;
@@ -104,6 +119,7 @@ export function summariseMethod(method: BenchMethod, runs: readonly RunSample[],
   const mine = runs.filter((run) => run.method === method);
   const numbers = (pick: (run: RunSample) => number | null | undefined) => stat(mine.map(pick).filter((value): value is number => typeof value === 'number' && Number.isFinite(value)));
   const labels = [...new Set(mine.map((run) => run.consistency))];
+  const count = (label: string) => mine.filter((run) => run.consistency === label).length;
   return {
     method,
     runs: mine.length,
@@ -116,9 +132,11 @@ export function summariseMethod(method: BenchMethod, runs: readonly RunSample[],
     rateDuringMiBs: numbers((run) => run.rateDuringMiBs),
     rateFraction: numbers((run) => (run.rateDuringMiBs === null || !befores ? null : run.rateDuringMiBs / befores.median)),
     rateFractionPaired: numbers((run) => (run.rateDuringMiBs === null || run.rateBeforeMiBs <= 0 ? null : run.rateDuringMiBs / run.rateBeforeMiBs)),
+    rateFractionNoWait: numbers((run) => (run.rateDuringNoWaitMiBs === null || !run.rateBeforeNoWaitMiBs ? null : run.rateDuringNoWaitMiBs / run.rateBeforeNoWaitMiBs)),
+    vcpuShareDuring: numbers((run) => run.vcpuShareDuring),
     peakPssBytes: numbers((run) => run.peakPssBytes),
     peakRssBytes: numbers((run) => run.peakRssBytes),
-    consistency: labels.join(' / ') || 'n/a',
+    consistency: labels.length > 1 ? labels.map((label) => `${label} ×${count(label)}`).join(', ') : labels[0] ?? 'n/a',
   };
 }
 
@@ -144,6 +162,10 @@ export function checkTargets(sizes: readonly SizeResult[]): TargetCheck[] {
     checks.push({ memoryMiB: size.memoryMiB, target: 'guest rate during fork capture >= 90 % of before', measured: forkRate === undefined ? 'n/a' : percent(forkRate), required: '>= 90 %', met: forkRate === undefined ? null : forkRate >= 0.9 });
     const bgRate = bg?.rateFraction?.median;
     checks.push({ memoryMiB: size.memoryMiB, target: "guest rate during fork capture >= background-snapshot's", measured: forkRate === undefined || bgRate === undefined ? 'n/a' : `${percent(forkRate)} vs ${percent(bgRate)}`, required: 'fork >= bg', met: forkRate === undefined || bgRate === undefined ? null : forkRate >= bgRate });
+    const forkNoWait = fork?.rateFractionNoWait?.median;
+    const bgNoWait = bg?.rateFractionNoWait?.median;
+    checks.push({ memoryMiB: size.memoryMiB, target: 'same, host CPU wait taken out: fork >= 90 % of before', measured: forkNoWait === undefined ? 'n/a' : percent(forkNoWait), required: '>= 90 %', met: forkNoWait === undefined ? null : forkNoWait >= 0.9 });
+    checks.push({ memoryMiB: size.memoryMiB, target: "same, host CPU wait taken out: fork >= background-snapshot's", measured: forkNoWait === undefined || bgNoWait === undefined ? 'n/a' : `${percent(forkNoWait)} vs ${percent(bgNoWait)}`, required: 'fork >= bg', met: forkNoWait === undefined || bgNoWait === undefined ? null : forkNoWait >= bgNoWait });
   }
   return checks;
 }

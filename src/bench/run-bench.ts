@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { resolvePaths, type Paths } from '../config.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, ForksnapError } from '../errors.js';
 import { supportedStrategies } from '../forker/choose-strategy.js';
 import { FAST_BANDWIDTH } from '../forker/migration-config.js';
 import type { StrategyName } from '../forker/strategy.js';
@@ -13,17 +13,20 @@ import { newestPatchedBuild, resolveQemuBinary } from '../qemu/binary.js';
 import { isAlive } from '../qemu/process-info.js';
 import { QmpClient } from '../qmp/client.js';
 import { deleteSnapshot } from '../snapshot/store.js';
+import type { RateSample } from '../demo/guest-control.js';
 import { runBaseline } from './baselines.js';
 import { startBenchGuest, type BenchGuest } from './bench-guest.js';
-import { rateInWindow } from './guest-rate.js';
-import { MemorySampler } from './memory-sampler.js';
+import { between, rateInWindow, rateWithoutCpuWait, type WindowRate } from './guest-rate.js';
+import { MemorySampler, type MemoryPeak } from './memory-sampler.js';
+import { VcpuClock } from './vcpu-clock.js';
 import { BENCH_METHODS, checkTargets, stat, summariseMethod, type BenchMethod, type BenchResults, type RunSample, type SizeResult } from './results.js';
+import { shuffled } from './shuffled.js';
 
 /**
  * `forksnap bench`: for each guest size, boot one guest on the QEMU `forksnap vm start` would use
  * (the patched build when there is one: fork needs it, background-snapshot and precopy run on it
  * too), start the memory-dirtying workload, and measure every method `repeat` times, the methods
- * interleaved round-robin (each round starting one method later) so host noise spreads evenly.
+ * interleaved, in a shuffled order per repetition, so host noise and after-effects spread evenly.
  * Real QEMU, the real job pipeline (runSnapshotJob), no mocks.
  */
 export interface BenchOptions {
@@ -83,6 +86,10 @@ async function benchSize(options: Omit<BenchOptions, 'repeat' | 'methods'> & { m
   const label = memoryMiB >= 1024 ? `${memoryMiB / 1024} GiB` : `${memoryMiB} MiB`;
   print(`${label}: booting the guest, filling ${workload.ballastMiB} MiB and starting to rewrite ${workload.dirtyMiB} MiB...`);
   const guest = await startBenchGuest({ paths, dir: path.join(options.work, 'vm'), name: `bench-${memoryMiB}`, memoryMiB, ...workload, log, signal });
+  const clock = await VcpuClock.start(guest.pid).catch(async (error: unknown) => {
+    await guest.stop();
+    throw error;
+  });
   const runs: RunSample[] = [];
   const failures = new Map<BenchMethod, string[]>();
   const unsupported = new Map<BenchMethod, string>();
@@ -98,11 +105,13 @@ async function benchSize(options: Omit<BenchOptions, 'repeat' | 'methods'> & { m
     for (const [method, reason] of unsupported) print(`  ${method}: not run (${reason})`);
     const methods = options.methods.filter((method) => !unsupported.has(method));
     for (let rep = 1; rep <= options.repeat; rep++) {
-      const order = methods.map((_, i) => methods[(i + rep - 1) % methods.length]!);
+      const order = shuffled(methods, memoryMiB * 100 + rep);
       for (const method of order) {
         if (!(await isAlive(guest.pid))) throw new Error(`the ${label} guest's QEMU (pid ${guest.pid}) is gone`);
-        const before = await guest.control.waitForRates(4, 30_000);
-        const rateBeforeMiBs = ((before.at(-1)!.totalMiB - before[0]!.totalMiB) * 1000) / (before.at(-1)!.at - before[0]!.at);
+        // Let the previous run's after-effects pass (1 s), then 2 s of the guest's usual rate.
+        await guest.control.waitForRates(4, 30_000);
+        const lines = await guest.control.waitForRates(9, 30_000);
+        const before = between(lines[0]!, lines.at(-1)!, true);
         const sampler = MemorySampler.start(guest.pid);
         let measured: Measured | undefined;
         try {
@@ -116,22 +125,7 @@ async function benchSize(options: Omit<BenchOptions, 'repeat' | 'methods'> & { m
         } finally {
           const memory = await sampler.stop();
           if (measured) {
-            const during = measured.window === 'paused' ? { mibPerS: 0, spanMs: measured.downtimeMs, exact: true } : measured.window ? rateInWindow(guest.control.rates, measured.window.from, measured.window.to) : undefined;
-            const run: RunSample = {
-              method, rep,
-              downtimeMs: measured.downtimeMs,
-              timeToStateMs: measured.timeToStateMs,
-              timeToImageMs: measured.timeToImageMs,
-              precopyMs: measured.precopyMs,
-              rateBeforeMiBs,
-              rateDuringMiBs: during?.mibPerS ?? null,
-              rateWindowMs: during?.spanMs ?? null,
-              rateExact: during?.exact ?? false,
-              peakRssBytes: memory.peakRssBytes,
-              peakPssBytes: memory.peakPssBytes,
-              processes: memory.processes,
-              consistency: measured.consistency,
-            };
+            const run = toRunSample(method, rep, measured, before, memory, guest.control.rates, clock);
             runs.push(run);
             print(`  ${method.padEnd(19)} ${rep}/${options.repeat}: ${describeRun(run)}`);
           }
@@ -139,6 +133,7 @@ async function benchSize(options: Omit<BenchOptions, 'repeat' | 'methods'> & { m
       }
     }
   } finally {
+    clock.stop();
     await guest.stop();
   }
   return {
@@ -160,6 +155,40 @@ interface Measured {
   /** The host-time window in which the capture ran while the guest could run, or 'paused' throughout. */
   readonly window: { from: number; to: number } | 'paused' | undefined;
   readonly consistency: string;
+  readonly consistencyReason?: string | undefined;
+}
+
+/**
+ * A clean child powers off within ~4 s here even on the loaded host; a hung one would hold the
+ * bench for the default 120 s + grace, so the bench gives it 30 s (+ 7.5 s grace).
+ */
+const BENCH_TIMEOUTS = { shutdownMs: 30_000 };
+
+function toRunSample(method: BenchMethod, rep: number, measured: Measured, before: WindowRate, memory: MemoryPeak, rates: readonly RateSample[], clock: VcpuClock): RunSample {
+  const during: WindowRate | undefined = measured.window === 'paused'
+    ? { mibPerS: 0, spanMs: measured.downtimeMs, fromAt: 0, toAt: 0, mib: 0, exact: true }
+    : measured.window ? rateInWindow(rates, measured.window.from, measured.window.to) : undefined;
+  const noWait = (rate: WindowRate) => rateWithoutCpuWait(rate, clock.waitShareBetween(rate.fromAt, rate.toAt)) ?? null;
+  return {
+    method, rep,
+    downtimeMs: measured.downtimeMs,
+    timeToStateMs: measured.timeToStateMs,
+    timeToImageMs: measured.timeToImageMs,
+    precopyMs: measured.precopyMs,
+    rateBeforeMiBs: before.mibPerS,
+    rateDuringMiBs: during?.mibPerS ?? null,
+    rateWindowMs: during?.spanMs ?? null,
+    rateExact: during?.exact ?? false,
+    rateBeforeNoWaitMiBs: noWait(before),
+    rateDuringNoWaitMiBs: measured.window === 'paused' ? 0 : during ? noWait(during) : null,
+    vcpuShareBefore: clock.onCpuShareBetween(before.fromAt, before.toAt) ?? null,
+    vcpuShareDuring: during && measured.window !== 'paused' ? clock.onCpuShareBetween(during.fromAt, during.toAt) ?? null : null,
+    peakRssBytes: memory.peakRssBytes,
+    peakPssBytes: memory.peakPssBytes,
+    processes: memory.processes,
+    consistency: measured.consistency,
+    consistencyReason: measured.consistencyReason,
+  };
 }
 
 async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep: number, log: Logger, signal: AbortSignal): Promise<Measured> {
@@ -180,8 +209,11 @@ async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep
     }
   }
   const events = new JobEventStream(jobId);
-  const meta = await runSnapshotJob({ vm: guest.name, jobId, snapshotId: `bench-${method}-${rep}`, strategy: method as StrategyName, paths, log, signal, events });
+  const meta = await runSnapshotJob({ vm: guest.name, jobId, snapshotId: `bench-${method}-${rep}`, strategy: method as StrategyName, timeouts: BENCH_TIMEOUTS, paths, log, signal, events });
   await deleteSnapshot(paths, meta.id);
+  if (meta.strategy !== method) {
+    throw new ForksnapError('CAPTURE_FAILED', `${method} fell back to ${meta.strategy}: ${meta.strategyFallback?.reason ?? 'no reason given'}`, { method, strategy: meta.strategy });
+  }
   const haltedAt = Date.parse(meta.createdAt);
   const captureStart = events.history.find((event) => event.type === 'phase-start' && event.phase === 'capture');
   // fork and background-snapshot copy after the parent resumed; precopy copies before its halt.
@@ -195,11 +227,13 @@ async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep
     precopyMs: method === 'precopy' ? meta.phasesMs.capture : undefined,
     window,
     consistency: meta.consistency,
+    consistencyReason: meta.consistency === 'clean' ? undefined : meta.consistencyReason,
   };
 }
 
 function describeRun(run: RunSample): string {
   const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
-  const rate = run.rateDuringMiBs === null ? 'n/a' : `${Math.round((run.rateDuringMiBs / run.rateBeforeMiBs) * 100)} % of ${run.rateBeforeMiBs.toFixed(0)} MiB/s${run.rateExact ? '' : ' (short window)'}`;
-  return `downtime ${run.downtimeMs.toFixed(1)} ms, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}`;
+  const share = (during: number | null, before: number | null) => (during === null || !before ? 'n/a' : `${Math.round((during / before) * 100)} %`);
+  const rate = run.rateDuringMiBs === null ? 'n/a' : `${share(run.rateDuringMiBs, run.rateBeforeMiBs)} of ${run.rateBeforeMiBs.toFixed(0)} MiB/s (${share(run.rateDuringNoWaitMiBs, run.rateBeforeNoWaitMiBs)} without CPU wait)${run.rateExact ? '' : ' (short window)'}`;
+  return `downtime ${run.downtimeMs.toFixed(1)} ms, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}${run.consistencyReason ? ` (${run.consistencyReason})` : ''}`;
 }

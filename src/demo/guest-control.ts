@@ -1,12 +1,14 @@
 import net from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 
-/** One `RATE <MiB/s> <total MiB>` line of the guest's memory-dirtying loop (`dirty N`). */
+/** One `RATE <MiB/s> <total MiB> <uptime cs>` line of the guest's memory-dirtying loop (`dirty N`). */
 export interface RateSample {
-  /** The guest's own measure over its last ~1 s of uptime. */
+  /** The guest's own measure over its last ~250 ms of uptime. */
   readonly mibPerS: number;
   /** MiB rewritten since the loop started. */
   readonly totalMiB: number;
+  /** The guest's uptime (its own clock) when it measured, in ms; absent from older guests' lines. */
+  readonly uptimeMs?: number | undefined;
   /** Host arrival time (Date.now()). */
   readonly at: number;
 }
@@ -131,8 +133,8 @@ export class ControlChannel {
         this.lastTickAt = Date.now();
         this.ticks.push({ n: Number(tick[1]), at: Date.now() });
       }
-      const rate = /^RATE (\d+(?:\.\d+)?) (\d+)$/.exec(line);
-      if (rate) this.rates.push({ mibPerS: Number(rate[1]), totalMiB: Number(rate[2]), at: Date.now() });
+      const rate = /^RATE (\d+(?:\.\d+)?) (\d+)(?: (\d+))?$/.exec(line);
+      if (rate) this.rates.push({ mibPerS: Number(rate[1]), totalMiB: Number(rate[2]), uptimeMs: rate[3] === undefined ? undefined : Number(rate[3]) * 10, at: Date.now() });
       for (const listener of [...this.#listeners]) listener(line);
       for (const waiter of [...this.#waiters]) {
         if (waiter.match(line)) {

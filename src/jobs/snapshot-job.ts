@@ -174,7 +174,12 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       await journal?.update(() => ({ halted: false }));
     };
     undo.push('resume the parent', resumeParent);
-    await journal!.update(() => ({ halted: true }));
+    // Journaled before the halt, not in it (every ms there is parent downtime): recovery checks
+    // whether the parent really is on an overlay before merging.
+    await journal!.update((entry) => ({
+      halted: true,
+      overlays: snapshots.filter((s) => s.parentOverlay).map((s) => ({ disk: s.disk.id, overlayNode: s.parentOverlay!.node, baseNode: s.disk.nodeName, overlayFile: s.parentOverlay!.file, baseFile: s.disk.file })).concat(entry.overlays),
+    }));
     let downtimeMs = Number.NaN;
     const capture: CaptureResult = await strategy.run({
       parent: pre.parent,
@@ -186,9 +191,6 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
       timeouts: { haltMs: timeouts.haltMs, diskSnapshotMs: timeouts.diskSnapshotMs, captureMs: timeouts.captureMs },
       log,
       atHalt: async (signal) => {
-        await journal!.update((entry) => ({
-          overlays: snapshots.filter((s) => s.parentOverlay).map((s) => ({ disk: s.disk.id, overlayNode: s.parentOverlay!.node, baseNode: s.disk.nodeName, overlayFile: s.parentOverlay!.file, baseFile: s.disk.file })).concat(entry.overlays),
-        }));
         for (const snapshot of snapshots) {
           const { undo: merge } = await snapshot.commitAtHalt(signal);
           // The child holds the frozen base image open (read-only): it must be gone before the merge can write it.
