@@ -38,13 +38,6 @@ export async function imageInfo(file: string, options: { forceShare?: boolean; s
   return imageInfoSchema.parse(JSON.parse(stdout));
 }
 
-/** `qemu-img check` result: true when the image has no errors or leaks (raw images always pass). */
-export async function checkImage(file: string, format: string, signal?: AbortSignal): Promise<{ ok: boolean; output: string }> {
-  if (format === 'raw') return { ok: true, output: 'raw image: nothing to check' };
-  const result = await execa(qemuImgBinary(), ['check', '-f', format, file], { reject: false, cancelSignal: signal, all: true });
-  return { ok: result.exitCode === 0, output: result.all ?? '' };
-}
-
 /**
  * Flatten `source` (and its backing chain) into a self-contained image at `dest`, reporting
  * progress in percent. The source is never written.

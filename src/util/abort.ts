@@ -10,10 +10,6 @@ export async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-export function throwIfAborted(signal?: AbortSignal): void {
-  if (signal?.aborted) throw signal.reason;
-}
-
 /**
  * A signal that aborts when `parent` aborts or after `ms`, with a PHASE_TIMEOUT error as reason.
  * The caller must call `dispose()` in `finally` so the timer never outlives the operation.
@@ -33,19 +29,6 @@ export function timeoutSignal(
   // Phases hang many short-lived waiters on one signal; each removes its listener when done.
   setMaxListeners(0, signal);
   return { signal, dispose: () => clearTimeout(timer) };
-}
-
-/** Poll `probe` until it returns a non-undefined value; rejects on abort. */
-export async function pollUntil<T>(
-  probe: () => Promise<T | undefined> | T | undefined,
-  options: { intervalMs: number; signal: AbortSignal },
-): Promise<T> {
-  for (;;) {
-    throwIfAborted(options.signal);
-    const value = await probe();
-    if (value !== undefined) return value;
-    await sleep(options.intervalMs, options.signal);
-  }
 }
 
 /**

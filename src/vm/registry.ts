@@ -43,10 +43,6 @@ export async function loadVm(paths: Paths, name: string): Promise<VmRecord> {
   return vmRecordSchema.parse(JSON.parse(text));
 }
 
-export async function vmExists(paths: Paths, name: string): Promise<boolean> {
-  return loadVm(paths, name).then(() => true, () => false);
-}
-
 export async function listVms(paths: Paths): Promise<VmRecord[]> {
   let names: string[] = [];
   try {
