@@ -93,7 +93,21 @@ describe('fork capture', () => {
     cli.stdout?.on('data', (chunk: Buffer) => {
       if (frozen || !/"job-started"/.test(chunk.toString())) return;
       frozen = true;
-      void findChildQemu(path.join(state, 'work')).then((child) => child && process.kill(child, 'SIGSTOP'));
+      void (async () => {
+        // A child of an earlier job may still be exiting: stop the one that is alive.
+        for (let attempt = 0; attempt < 100; attempt++) {
+          const child = await findChildQemu(path.join(state, 'work'));
+          if (child) {
+            try {
+              process.kill(child, 'SIGSTOP');
+              return;
+            } catch {
+              // exited meanwhile: look again
+            }
+          }
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      })();
     });
   }
 
