@@ -91,12 +91,13 @@ describe('fork capture', () => {
   function freezeDestinationAtStart(cli: ReturnType<typeof startCli>): void {
     let frozen = false;
     cli.stdout?.on('data', (chunk: Buffer) => {
-      if (frozen || !/"job-started"/.test(chunk.toString())) return;
+      const started = /"type":"job-started".*?"job":"([^"]+)"/.exec(chunk.toString());
+      if (frozen || !started) return;
       frozen = true;
       void (async () => {
-        // A child of an earlier job may still be exiting: stop the one that is alive.
+        // Only this job's child (its work dir is named after the job): an earlier job's child may still be exiting.
         for (let attempt = 0; attempt < 100; attempt++) {
-          const child = await findChildQemu(path.join(state, 'work'));
+          const child = await findChildQemu(path.join(state, 'work', started[1]!));
           if (child) {
             try {
               process.kill(child, 'SIGSTOP');
