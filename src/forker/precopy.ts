@@ -1,6 +1,6 @@
 import { round } from '../jobs/phase-runner.js';
 import type { CaptureContext, CaptureResult, CaptureStrategy } from './strategy.js';
-import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migration.js';
+import { waitForIncomingComplete, waitForMigrationStatus, waitUntilMigrationFinalized } from './wait-for-migration.js';
 
 /**
  * Plain live migration into the child. The parent keeps running while RAM is copied iteratively;
@@ -37,6 +37,9 @@ export function precopyStrategy(options: { convergeAfterMs?: number } = {}): Cap
       return phases.run('switchover', timeouts.captureMs, async ({ signal, progress }) => {
         await parent.execute('migrate-continue', { state: 'pre-switchover' }, { signal });
         await waitForMigrationStatus(parent, context.childProcess, (status) => status === 'completed', { signal, onProgress: (transfer) => progress(transfer) });
+        // "completed" is set a moment before QEMU leaves the finish-migrate run state, in which it
+        // refuses `cont` ("Migration is not finalized yet").
+        await waitUntilMigrationFinalized(parent, signal);
         const resumeSince = Date.now() - 1;
         await parent.execute('cont', undefined, { signal });
         const resume = await parent.waitForEvent((event) => event.event === 'RESUME', signal, resumeSince);

@@ -1,7 +1,7 @@
 import { ForksnapError } from '../errors.js';
 import type { QemuChildProcess } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
-import { migrationInfo, type MigrationInfo } from '../qmp/schemas.js';
+import { migrationInfo, statusInfo, type MigrationInfo } from '../qmp/schemas.js';
 import { sleep, withDeadline } from '../util/abort.js';
 
 export interface TransferProgress {
@@ -73,6 +73,18 @@ export async function waitForIncomingComplete(child: QmpClient, childProcess: Qe
     if (info.status && TERMINAL_FAILURES.has(info.status)) {
       throw new ForksnapError('CAPTURE_FAILED', `the child could not load the state: ${info['error-desc'] ?? info.status}`, { migrationStatus: info.status });
     }
+    await sleep(50, signal);
+  }
+}
+
+/**
+ * After a migration completes, QEMU leaves the finish-migrate run state in a bottom half a moment
+ * later; until then it refuses `cont`. Wait for that (at most 10 s).
+ */
+export async function waitUntilMigrationFinalized(qmp: QmpClient, signal: AbortSignal): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const status = await qmp.execute('query-status', undefined, { signal, schema: statusInfo });
+    if (status.status !== 'finish-migrate') return;
     await sleep(50, signal);
   }
 }

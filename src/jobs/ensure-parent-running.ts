@@ -4,6 +4,7 @@ import { ForksnapError } from '../errors.js';
 import { QmpClient } from '../qmp/client.js';
 import { migrationInfo, statusInfo } from '../qmp/schemas.js';
 import { sleep } from '../util/abort.js';
+import { waitUntilMigrationFinalized } from '../forker/wait-for-migration.js';
 
 const MIGRATION_ACTIVE = new Set(['setup', 'active', 'pre-switchover', 'device', 'cancelling', 'wait-unplug', 'postcopy-active', 'postcopy-paused', 'postcopy-recover']);
 const RESUMABLE = new Set(['paused', 'postmigrate', 'finish-migrate', 'prelaunch', 'suspended']);
@@ -35,6 +36,7 @@ export async function ensureParentRunning(parent: QmpClient | undefined, socket:
         await sleep(100);
       }
     }
+    await waitUntilMigrationFinalized(qmp, AbortSignal.timeout(15_000));
     const status = await ask('query-status', statusInfo);
     if (status.running) return;
     if (!RESUMABLE.has(status.status)) {
