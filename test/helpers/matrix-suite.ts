@@ -1,14 +1,13 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runCli, resultOf } from './forksnap-cli.js';
 import { inspectExt4, maxTick } from './image-inspect.js';
 import { expectNothingLeft } from './leftovers.js';
-import { killLeftovers } from './processes.js';
+import { useSharedGuest } from './shared-guest.js';
 import { vmDiskFiles, vmStatus } from './qmp.js';
-import { startGuestVm, type GuestVm } from './test-guest.js';
 import { ensureXfsMount } from './xfs.js';
 
 /**
@@ -29,29 +28,11 @@ const sha256 = async (file: string) => createHash('sha256').update(await readFil
 
 export function defineSnapshotMatrix(options: MatrixOptions): void {
 describe(`snapshot create: strategy × disk backend on ${options.label}`, () => {
-  let root: string;
-  let state: string;
-  let vm: GuestVm;
-  let qmpSocket: string;
+  const guest = useSharedGuest('matrix', { diskFormat: 'raw', parentDir: ensureXfsMount, env: () => ({ FORKSNAP_QEMU: options.qemuBinary }) });
   const snapshotTicks: number[] = [];
 
-  beforeAll(async () => {
-    root = await mkdtemp(path.join(await ensureXfsMount(), 'matrix-'));
-    state = path.join(root, 'state');
-    vm = await startGuestVm({ name: 'matrix', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'raw', env: { FORKSNAP_QEMU: options.qemuBinary } });
-    qmpSocket = path.join(state, 'vms', 'matrix', 'qmp.sock');
-    // The workload writes a tick every 100 ms into the guest's page cache only.
-    await vm.control.waitForTick(3);
-  }, 300_000);
-
-  afterAll(async () => {
-    vm?.control.close();
-    const left = root ? await killLeftovers(root) : [];
-    expect(left, 'QEMU processes left behind').toEqual([]);
-  });
-
   it(`${options.label} offers ${options.strategies.join(' and ')}${options.expectFork ? '' : ' but not fork'}`, async () => {
-    const cli = await runCli(['strategies', 'matrix', '--json'], state);
+    const cli = await runCli(['strategies', 'matrix', '--json'], guest.state);
     expect(cli.exitCode, cli.stderr).toBe(0);
     const result = JSON.parse(cli.stdout) as { supported: string[]; reasons: Record<string, string> };
     expect(result.supported).toEqual(expect.arrayContaining([...options.strategies]));
@@ -65,16 +46,16 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
   for (const strategy of options.strategies) {
     for (const backend of BACKENDS) {
       it(`${strategy} + ${backend}: clean image of the halt instant, parent runs on`, async () => {
-        const tickBefore = vm.control.lastTick;
+        const tickBefore = guest.vm.control.lastTick;
         const id = `m-${strategy}-${backend}`;
-        const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', id, '--strategy', strategy, '--disk-backend', backend, '--keep-crash-image', '--label', 'test=matrix'], state);
+        const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', id, '--strategy', strategy, '--disk-backend', backend, '--keep-crash-image', '--label', 'test=matrix'], guest.state);
         expect(cli.exitCode, cli.stderr).toBe(0);
         const meta = resultOf(cli);
 
         // Labels and metadata.
         expect(meta).toMatchObject({ id, vm: 'matrix', strategy, consistency: 'clean', labels: { test: 'matrix' } });
         expect(meta.disks).toHaveLength(1);
-        expect(meta.disks[0]).toMatchObject({ id: 'data', backend, source: vm.disk });
+        expect(meta.disks[0]).toMatchObject({ id: 'data', backend, source: guest.vm.disk });
         expect(meta.parentDowntimeMs).toBeGreaterThan(0);
         expect(meta.parentDowntimeMs).toBeLessThan(5_000);
         for (const phase of ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'merge']) expect(meta.phasesMs[phase], phase).toBeGreaterThanOrEqual(0);
@@ -88,13 +69,13 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
         expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
 
         // The parent kept running and runs on its own files.
-        const tickAfter = await vm.control.waitForTick(vm.control.lastTick, 10_000);
-        expect((await vmStatus(qmpSocket)).status).toBe('running');
-        expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
+        const tickAfter = await guest.vm.control.waitForTick(guest.vm.control.lastTick, 10_000);
+        expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+        expect(await vmDiskFiles(guest.qmpSocket)).toEqual([guest.vm.disk]);
 
         // The snapshot: cleanly unmounted, shutdown marker, and the ticks that were only in the
         // guest's page cache at the halt; nothing the parent wrote after resuming.
-        const dir = path.join(state, 'snapshots', id);
+        const dir = path.join(guest.state, 'snapshots', id);
         const image = path.join(dir, meta.disks[0].image.file);
         expect(meta.disks[0].image.sha256).toBe(await sha256(image));
         const facts = await inspectExt4(image, 'raw');
@@ -111,59 +92,59 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
         expect(crash.cleanShutdown).toBeUndefined();
         expect(maxTick(crash)).toBeLessThan(tickBefore);
 
-        await expectNothingLeft(state, vm.dir);
+        await expectNothingLeft(guest.state, guest.vm.dir);
       });
     }
   }
 
   it('the child never writes the parent\'s files (checksums before and after, idle guest)', async () => {
-    await vm.control.command('stopload');
-    await vm.control.command('sync');
-    const before = await sha256(vm.disk);
+    await guest.vm.control.command('stopload');
+    await guest.vm.control.command('sync');
+    const before = await sha256(guest.vm.disk);
     for (const backend of BACKENDS) {
-      const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', `idle-${backend}`, '--strategy', options.strategies[0]!, '--disk-backend', backend], state);
+      const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', `idle-${backend}`, '--strategy', options.strategies[0]!, '--disk-backend', backend], guest.state);
       expect(cli.exitCode, cli.stderr).toBe(0);
       expect(resultOf(cli).consistency).toBe('clean');
-      expect(await sha256(vm.disk), `parent image changed by a ${backend} snapshot`).toBe(before);
+      expect(await sha256(guest.vm.disk), `parent image changed by a ${backend} snapshot`).toBe(before);
     }
     // While the snapshot images do differ: the child wrote its shutdown marker into them.
-    const snap = await inspectExt4(path.join(state, 'snapshots', 'idle-reflink', 'data.raw'), 'raw');
+    const snap = await inspectExt4(path.join(guest.state, 'snapshots', 'idle-reflink', 'data.raw'), 'raw');
     expect(snap.cleanShutdown).toBeDefined();
   });
 
   it('lists, shows, refuses to revert a running VM, reverts a stopped one, deletes', async () => {
-    const list = await runCli(['snapshot', 'list', 'matrix', '--json'], state);
+    const list = await runCli(['snapshot', 'list', 'matrix', '--json'], guest.state);
     expect(list.exitCode).toBe(0);
     const ids = (JSON.parse(list.stdout) as { id: string }[]).map((meta) => meta.id);
     const last = `m-${options.strategies.at(-1)}-reflink`;
     expect(ids).toEqual(expect.arrayContaining([last, 'idle-qcow2-overlay']));
-    const human = await runCli(['snapshot', 'list'], state);
+    const human = await runCli(['snapshot', 'list'], guest.state);
     expect(human.stdout).toMatch(/^ID\s+VM\s+CREATED\s+CONSISTENCY/m);
-    const show = await runCli(['snapshot', 'show', last], state);
+    const show = await runCli(['snapshot', 'show', last], guest.state);
     expect(show.stdout).toMatch(/consistency:\s+clean/);
 
-    const refused = await runCli(['snapshot', 'revert', last], state);
+    const refused = await runCli(['snapshot', 'revert', last], guest.state);
     expect(refused.exitCode).toBe(3);
     expect(refused.stderr).toMatch(/VM_RUNNING/);
 
     // Stop the parent cleanly; its own disk holds everything it wrote after every halt.
-    const stop = await runCli(['vm', 'stop', 'matrix', '--powerdown'], state);
+    const stop = await runCli(['vm', 'stop', 'matrix', '--powerdown'], guest.state);
     expect(stop.exitCode, stop.stderr).toBe(0);
-    const parent = await inspectExt4(vm.disk, 'raw');
+    const parent = await inspectExt4(guest.vm.disk, 'raw');
     expect(parent.needsRecovery).toBe(false);
     expect(maxTick(parent)).toBeGreaterThan(Math.max(...snapshotTicks));
     // A raw image has nothing for qemu-img check to check; the filesystem on it must be consistent.
-    const fsck = await execa('e2fsck', ['-fn', vm.disk], { reject: false });
+    const fsck = await execa('e2fsck', ['-fn', guest.vm.disk], { reject: false });
     expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);
 
-    const revert = await runCli(['snapshot', 'revert', last, '--json'], state);
+    const revert = await runCli(['snapshot', 'revert', last, '--json'], guest.state);
     expect(revert.exitCode, revert.stderr).toBe(0);
-    const meta = JSON.parse((await runCli(['snapshot', 'show', last, '--json'], state)).stdout) as { disks: { image: { sha256: string } }[] };
-    expect(await sha256(vm.disk)).toBe(meta.disks[0]!.image.sha256);
+    const meta = JSON.parse((await runCli(['snapshot', 'show', last, '--json'], guest.state)).stdout) as { disks: { image: { sha256: string } }[] };
+    expect(await sha256(guest.vm.disk)).toBe(meta.disks[0]!.image.sha256);
 
-    const deleted = await runCli(['snapshot', 'delete', last], state);
+    const deleted = await runCli(['snapshot', 'delete', last], guest.state);
     expect(deleted.exitCode).toBe(0);
-    const missing = await runCli(['snapshot', 'show', last], state);
+    const missing = await runCli(['snapshot', 'show', last], guest.state);
     expect(missing.exitCode).toBe(4);
     expect(missing.stderr).toMatch(/SNAPSHOT_NOT_FOUND/);
   });

@@ -1,13 +1,12 @@
-import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { resultOf, runCli, startCli, toCliResult } from '../helpers/forksnap-cli.js';
 import { inspectExt4, maxTick } from '../helpers/image-inspect.js';
 import { expectNothingLeft } from '../helpers/leftovers.js';
-import { findChildQemu, killLeftovers } from '../helpers/processes.js';
+import { findChildQemu } from '../helpers/processes.js';
 import { vmDiskFiles, vmStatus } from '../helpers/qmp.js';
-import { startGuestVm, type GuestVm } from '../helpers/test-guest.js';
+import { useSharedGuest } from '../helpers/shared-guest.js';
 
 /**
  * What happens when things go wrong after the halt: the parent must run on, on its own files,
@@ -27,31 +26,14 @@ async function waitForChild(state: string, timeoutMs: number): Promise<number> {
 }
 
 describe('failure paths keep the parent running and leave nothing behind', () => {
-  let root: string;
-  let state: string;
-  let vm: GuestVm;
-  let qmpSocket: string;
-
-  beforeAll(async () => {
-    root = await mkdtemp('/var/tmp/forksnap-failures-');
-    state = path.join(root, 'state');
-    vm = await startGuestVm({ name: 'fail', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', env: STOCK_QEMU });
-    qmpSocket = path.join(state, 'vms', 'fail', 'qmp.sock');
-    await vm.control.waitForTick(3);
-  }, 300_000);
-
-  afterAll(async () => {
-    vm?.control.close();
-    const left = root ? await killLeftovers(root) : [];
-    expect(left, 'QEMU processes left behind').toEqual([]);
-  });
+  const guest = useSharedGuest('fail', { diskFormat: 'qcow2', env: () => STOCK_QEMU });
 
   /** Start a capture and freeze its child once the state is streaming: the transfer is then surely mid-way. */
   async function captureWithFrozenChild(strategy: string): Promise<{ cli: ReturnType<typeof startCli>; child: number; output: () => string }> {
     let output = '';
-    const cli = startCli(['snapshot', 'create', 'fail', '--json', '--strategy', strategy, '--disk-backend', 'qcow2-overlay'], state);
+    const cli = startCli(['snapshot', 'create', 'fail', '--json', '--strategy', strategy, '--disk-backend', 'qcow2-overlay'], guest.state);
     cli.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const child = await waitForChild(state, 30_000);
+    const child = await waitForChild(guest.state, 30_000);
     const streaming = strategy === 'precopy' ? /"phase-start","phase":"capture"/ : /"parent-resumed"/;
     const deadline = Date.now() + 30_000;
     while (!streaming.test(output) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
@@ -70,11 +52,11 @@ describe('failure paths keep the parent running and leave nothing behind', () =>
     expect(failed, result.stdout).toMatchObject({ code: 'CAPTURE_FAILED' });
     expect(String(failed?.message)).toMatch(/child QEMU|migration/);
 
-    expect((await vmStatus(qmpSocket)).status).toBe('running');
-    expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
-    const tick = vm.control.lastTick;
-    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
-    await expectNothingLeft(state, vm.dir);
+    expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+    expect(await vmDiskFiles(guest.qmpSocket)).toEqual([guest.vm.disk]);
+    const tick = guest.vm.control.lastTick;
+    expect(await guest.vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    await expectNothingLeft(guest.state, guest.vm.dir);
   }
 
   it('background-snapshot: the child QEMU killed mid-transfer → CAPTURE_FAILED, parent unblocked and running, overlay merged back', async () => {
@@ -84,11 +66,11 @@ describe('failure paths keep the parent running and leave nothing behind', () =>
   });
 
   it('after that failure, a precopy capture is refused with the reason instead of sending a corrupt stream', async () => {
-    const cli = await runCli(['snapshot', 'create', 'fail', '--json', '--strategy', 'precopy'], state);
+    const cli = await runCli(['snapshot', 'create', 'fail', '--json', '--strategy', 'precopy'], guest.state);
     expect(cli.exitCode).toBe(3);
     expect(cli.lines.find((line) => line.type === 'job-failed')).toMatchObject({ code: 'STRATEGY_UNSUPPORTED' });
     expect(cli.stdout).toMatch(/write-tracking flag/);
-    expect((await vmStatus(qmpSocket)).status).toBe('running');
+    expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
   });
 
   it('SIGINT during the capture → CANCELLED (exit 130), parent running on its own files', async () => {
@@ -99,36 +81,36 @@ describe('failure paths keep the parent running and leave nothing behind', () =>
     // forksnap killed the (stopped) child itself.
     expect(() => process.kill(child, 0)).toThrow(/ESRCH/);
     expect(result.lines.find((line) => line.type === 'job-failed')).toMatchObject({ code: 'CANCELLED' });
-    expect((await vmStatus(qmpSocket)).status).toBe('running');
-    expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
-    const tick = vm.control.lastTick;
-    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
-    await expectNothingLeft(state, vm.dir);
+    expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+    expect(await vmDiskFiles(guest.qmpSocket)).toEqual([guest.vm.disk]);
+    const tick = guest.vm.control.lastTick;
+    expect(await guest.vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    await expectNothingLeft(guest.state, guest.vm.dir);
   });
 
-  it('auto picks background-snapshot, which resets QEMU\'s write-tracking state; precopy works again', async () => {
-    const healed = await runCli(['snapshot', 'create', 'fail', '--json', '--name', 'healed'], state);
+  it('auto picks background-snapshot, which resets QEMU\'s write-tracking guest.state; precopy works again', async () => {
+    const healed = await runCli(['snapshot', 'create', 'fail', '--json', '--name', 'healed'], guest.state);
     expect(healed.exitCode, healed.stderr).toBe(0);
     expect(resultOf(healed)).toMatchObject({ strategy: 'background-snapshot', consistency: 'clean' });
     await expectChildKillHandled('precopy');
   });
 
   it('a snapshot after the failures is clean, and the parent lost nothing', async () => {
-    const before = vm.control.lastTick;
-    const cli = await runCli(['snapshot', 'create', 'fail', '--json', '--name', 'after-failures'], state);
+    const before = guest.vm.control.lastTick;
+    const cli = await runCli(['snapshot', 'create', 'fail', '--json', '--name', 'after-failures'], guest.state);
     expect(cli.exitCode, cli.stderr).toBe(0);
     const meta = resultOf(cli);
     expect(meta.consistency).toBe('clean');
-    const facts = await inspectExt4(path.join(state, 'snapshots', 'after-failures', meta.disks[0].image.file), meta.disks[0].image.format);
+    const facts = await inspectExt4(path.join(guest.state, 'snapshots', 'after-failures', meta.disks[0].image.file), meta.disks[0].image.format);
     expect(facts.needsRecovery).toBe(false);
     expect(maxTick(facts)).toBeGreaterThanOrEqual(before);
 
-    const lastSeen = await vm.control.waitForTick(vm.control.lastTick);
-    const stop = await runCli(['vm', 'stop', 'fail', '--powerdown'], state);
+    const lastSeen = await guest.vm.control.waitForTick(guest.vm.control.lastTick);
+    const stop = await runCli(['vm', 'stop', 'fail', '--powerdown'], guest.state);
     expect(stop.exitCode, stop.stderr).toBe(0);
-    const check = await execa('qemu-img', ['check', '-f', 'qcow2', vm.disk], { reject: false });
+    const check = await execa('qemu-img', ['check', '-f', 'qcow2', guest.vm.disk], { reject: false });
     expect(check.exitCode, check.stdout).toBe(0);
-    const parent = await inspectExt4(vm.disk, 'qcow2');
+    const parent = await inspectExt4(guest.vm.disk, 'qcow2');
     expect(parent.needsRecovery).toBe(false);
     // Every tick the parent announced, across three failed and one good snapshot, is on its disk.
     const ticks = new Set(parent.ticks);
@@ -138,36 +120,20 @@ describe('failure paths keep the parent running and leave nothing behind', () =>
 });
 
 describe('a guest that ignores the power button', () => {
-  let root: string;
-  let state: string;
-  let vm: GuestVm;
-
-  beforeAll(async () => {
-    root = await mkdtemp('/var/tmp/forksnap-nobutton-');
-    state = path.join(root, 'state');
-    vm = await startGuestVm({ name: 'deaf', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', append: 'fsnap.workload=1 fsnap.nobutton=1', env: STOCK_QEMU });
-    await vm.control.waitForTick(3);
-  }, 300_000);
-
-  afterAll(async () => {
-    vm?.control.close();
-    await runCli(['vm', 'stop', 'deaf'], state);
-    const left = root ? await killLeftovers(root) : [];
-    expect(left, 'QEMU processes left behind').toEqual([]);
-  });
+  const guest = useSharedGuest('deaf', { diskFormat: 'qcow2', append: 'fsnap.workload=1 fsnap.nobutton=1', env: () => STOCK_QEMU });
 
   it('is labelled crash-consistent, never clean; the parent is unaffected', async () => {
-    const cli = await runCli(['snapshot', 'create', 'deaf', '--json', '--name', 'deaf-1', '--shutdown-timeout', '3'], state);
+    const cli = await runCli(['snapshot', 'create', 'deaf', '--json', '--name', 'deaf-1', '--shutdown-timeout', '3'], guest.state);
     expect(cli.exitCode, cli.stderr).toBe(0);
     const meta = resultOf(cli);
     expect(meta.consistency).toBe('crash-consistent');
     expect(meta.consistencyReason).toMatch(/did not power off/);
     const verdict = cli.lines.find((line) => line.type === 'verdict');
     expect(verdict).toMatchObject({ consistency: 'crash-consistent' });
-    expect((await vmStatus(path.join(state, 'vms', 'deaf', 'qmp.sock'))).status).toBe('running');
-    const tick = vm.control.lastTick;
-    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
-    const facts = await inspectExt4(path.join(state, 'snapshots', 'deaf-1', meta.disks[0].image.file), meta.disks[0].image.format);
+    expect((await vmStatus(path.join(guest.state, 'vms', 'deaf', 'qmp.sock'))).status).toBe('running');
+    const tick = guest.vm.control.lastTick;
+    expect(await guest.vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    const facts = await inspectExt4(path.join(guest.state, 'snapshots', 'deaf-1', meta.disks[0].image.file), meta.disks[0].image.format);
     expect(facts.needsRecovery).toBe(true);
     expect(facts.cleanShutdown).toBeUndefined();
   });

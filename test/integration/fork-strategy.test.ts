@@ -1,7 +1,7 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { resolvePaths } from '../../src/config.js';
 import { newestPatchedBuild } from '../../src/qemu/binary.js';
 import { childPids, fdCount, threadCount } from '../../src/qemu/process-info.js';
@@ -11,7 +11,7 @@ import { inspectExt4 } from '../helpers/image-inspect.js';
 import { defineSnapshotMatrix } from '../helpers/matrix-suite.js';
 import { findChildQemu, killLeftovers, processesMentioning } from '../helpers/processes.js';
 import { vmDiskFiles, vmStatus, withQmp } from '../helpers/qmp.js';
-import { startGuestVm, type GuestVm } from '../helpers/test-guest.js';
+import { useSharedGuest } from '../helpers/shared-guest.js';
 
 /**
  * The fork strategy (patches/, built by scripts/build-qemu.sh): the full acceptance set, plus what
@@ -33,32 +33,12 @@ async function forkedStreamers(parentPid: number): Promise<number[]> {
 }
 
 describe('fork capture', () => {
-  let root: string;
-  let state: string;
-  let vm: GuestVm;
-  let qmpSocket: string;
-  let parentPid: number;
-
-  beforeAll(async () => {
-    root = await mkdtemp('/var/tmp/forksnap-fork-');
-    state = path.join(root, 'state');
-    vm = await startGuestVm({ name: 'forky', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', env: { FORKSNAP_QEMU: patched } });
-    qmpSocket = path.join(state, 'vms', 'forky', 'qmp.sock');
-    parentPid = Number((await readFile(path.join(state, 'vms', 'forky', 'qemu.pid'), 'utf8')).trim());
-    await vm.control.waitForTick(3);
-  }, 300_000);
-
-  afterAll(async () => {
-    vm?.control.close();
-    if (state) await runCli(['vm', 'stop', 'forky'], state);
-    const left = root ? await killLeftovers(root) : [];
-    expect(left, 'QEMU processes left behind').toEqual([]);
-  });
+  const guest = useSharedGuest('forky', { diskFormat: 'qcow2', env: () => ({ FORKSNAP_QEMU: patched }) });
 
   /** Start a fork capture and run `onEvent` as soon as the event matching `trigger` is out. */
   async function captureAndThen(onResume: (cli: ReturnType<typeof startCli>) => Promise<void>, args: string[] = [], trigger = /"parent-resumed"/, freeze = false) {
     let output = '';
-    const cli = startCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', ...args], state);
+    const cli = startCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', ...args], guest.state);
     if (freeze) freezeDestinationAtStart(cli);
     let resumedAction: Promise<void> | undefined;
     cli.stdout?.on('data', (chunk: Buffer) => {
@@ -71,20 +51,20 @@ describe('fork capture', () => {
   }
 
   it('copy-on-write: what the guest overwrites right after the resume is old in the snapshot, new in the parent', async () => {
-    expect(await vm.control.command('mem alpha')).toBe('OK mem alpha');
-    expect(await vm.control.command('file alpha')).toBe('OK file alpha');
+    expect(await guest.vm.control.command('mem alpha')).toBe('OK mem alpha');
+    expect(await guest.vm.control.command('file alpha')).toBe('OK file alpha');
     const result = await captureAndThen(async () => {
-      await vm.control.command('mem bravo');
-      await vm.control.command('file bravo');
+      await guest.vm.control.command('mem bravo');
+      await guest.vm.control.command('file bravo');
     }, ['--name', 'cow']);
     expect(result.exitCode, result.stderr).toBe(0);
     const meta = resultOf(result);
     expect(meta.consistency).toBe('clean');
-    const facts = await inspectExt4(path.join(state, 'snapshots', 'cow', meta.disks[0].image.file), meta.disks[0].image.format);
+    const facts = await inspectExt4(path.join(guest.state, 'snapshots', 'cow', meta.disks[0].image.file), meta.disks[0].image.format);
     // The child's guest wrote what was in its (copied) RAM at shutdown: the pre-halt contents.
     expect(facts.cleanShutdown).toMatchObject({ mem: 'alpha', file: 'alpha' });
     expect(facts.file).toBe('alpha');
-    expect(await vm.control.command('status')).toMatch(/mem=bravo file=bravo/);
+    expect(await guest.vm.control.command('status')).toMatch(/mem=bravo file=bravo/);
   });
 
   /** Freeze the child QEMU as soon as it listens (job-started), before any state is streamed. */
@@ -97,7 +77,7 @@ describe('fork capture', () => {
       void (async () => {
         // Only this job's child (its work dir is named after the job): an earlier job's child may still be exiting.
         for (let attempt = 0; attempt < 100; attempt++) {
-          const child = await findChildQemu(path.join(state, 'work', started[1]!));
+          const child = await findChildQemu(path.join(guest.state, 'work', started[1]!));
           if (child) {
             try {
               process.kill(child, 'SIGSTOP');
@@ -117,7 +97,7 @@ describe('fork capture', () => {
     const result = await captureAndThen(async () => {
       // The destination is listening but frozen: the streamer blocks on a full socket. Kill it.
       for (let i = 0; i < 250 && !killed; i++) {
-        killed = (await forkedStreamers(parentPid))[0];
+        killed = (await forkedStreamers(guest.pid))[0];
         if (!killed) await new Promise((resolve) => setTimeout(resolve, 20));
       }
       if (killed) process.kill(killed, 'SIGKILL');
@@ -127,39 +107,39 @@ describe('fork capture', () => {
     const failed = result.lines.find((line) => line.type === 'job-failed');
     expect(failed).toMatchObject({ code: 'CAPTURE_FAILED' });
     expect(String(failed?.message)).toMatch(/fork|signal|killed/i);
-    expect((await vmStatus(qmpSocket)).status).toBe('running');
-    expect(await vmDiskFiles(qmpSocket)).toEqual([vm.disk]);
-    expect(await forkedStreamers(parentPid)).toEqual([]);
-    expect(await processesMentioning(path.join(state, 'work'))).toEqual([]);
+    expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+    expect(await vmDiskFiles(guest.qmpSocket)).toEqual([guest.vm.disk]);
+    expect(await forkedStreamers(guest.pid)).toEqual([]);
+    expect(await processesMentioning(path.join(guest.state, 'work'))).toEqual([]);
   });
 
   it('cancellation (SIGINT → migrate_cancel) ends the forked process, parent running', async () => {
     let streamer: number | undefined;
     const result = await captureAndThen(async (cli) => {
       for (let i = 0; i < 250 && !streamer; i++) {
-        streamer = (await forkedStreamers(parentPid))[0];
+        streamer = (await forkedStreamers(guest.pid))[0];
         if (!streamer) await new Promise((resolve) => setTimeout(resolve, 20));
       }
       cli.kill('SIGINT');
     }, [], /"parent-resumed"/, true);
     expect(streamer).toBeDefined();
     expect(result.exitCode, result.stderr).toBe(130);
-    expect((await vmStatus(qmpSocket)).status).toBe('running');
-    expect(await forkedStreamers(parentPid)).toEqual([]);
-    const info = await withQmp(qmpSocket, (qmp) => qmp.execute('query-migrate')) as { status?: string };
+    expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+    expect(await forkedStreamers(guest.pid)).toEqual([]);
+    const info = await withQmp(guest.qmpSocket, (qmp) => qmp.execute('query-migrate')) as { status?: string };
     expect(info.status).toBe('cancelled');
   });
 
   it('20 consecutive fork snapshots leak no thread, descriptor or process in the parent', async () => {
     const settle = () => new Promise((resolve) => setTimeout(resolve, 12_000)); // QEMU's idle worker threads exit after 10 s
-    const measure = async () => ({ threads: await threadCount(parentPid), fds: await fdCount(parentPid), children: await childPids(parentPid) });
+    const measure = async () => ({ threads: await threadCount(guest.pid), fds: await fdCount(guest.pid), children: await childPids(guest.pid) });
     await settle();
     const before = await measure();
     for (let i = 0; i < 20; i++) {
-      const cli = await runCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', '--name', `loop-${i}`], state);
+      const cli = await runCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', '--name', `loop-${i}`], guest.state);
       expect(cli.exitCode, cli.stderr).toBe(0);
       expect(resultOf(cli).consistency).toBe('clean');
-      await runCli(['snapshot', 'delete', `loop-${i}`], state);
+      await runCli(['snapshot', 'delete', `loop-${i}`], guest.state);
     }
     await settle();
     const after = await measure();
@@ -185,32 +165,17 @@ describe('fork refuses shared guest RAM', () => {
 });
 
 describe('fork() refused (ENOMEM) → background-snapshot takes over, and says so', () => {
-  let root: string;
-  let state: string;
-  let vm: GuestVm;
-  let flag: string;
-
-  beforeAll(async () => {
-    root = await mkdtemp('/var/tmp/forksnap-forkfail-');
-    state = path.join(root, 'state');
-    flag = path.join(root, 'fail-fork-now');
-    const library = await buildFailForkLibrary();
-    vm = await startGuestVm({ name: 'nofork', dir: path.join(root, 'vm'), stateDir: state, diskFormat: 'qcow2', env: { FORKSNAP_QEMU: patched, LD_PRELOAD: library, FORKSNAP_FAIL_FORK_FLAG: flag } });
-    await vm.control.waitForTick(3);
-  }, 300_000);
-
-  afterAll(async () => {
-    vm?.control.close();
-    if (state) await runCli(['vm', 'stop', 'nofork'], state);
-    const left = root ? await killLeftovers(root) : [];
-    expect(left, 'QEMU processes left behind').toEqual([]);
+  const guest = useSharedGuest('nofork', {
+    diskFormat: 'qcow2',
+    env: async (root) => ({ FORKSNAP_QEMU: patched!, LD_PRELOAD: await buildFailForkLibrary(), FORKSNAP_FAIL_FORK_FLAG: failForkFlag(root) }),
   });
+  const failForkFlag = (root: string) => path.join(root, 'fail-fork-now');
 
   it('the parent stays halted while a fresh child is prepared, then resumes; the snapshot is clean', async () => {
-    await writeFile(flag, '');
-    const tickBefore = vm.control.lastTick;
-    const cli = await runCli(['snapshot', 'create', 'nofork', '--json', '--strategy', 'fork', '--name', 'fallback'], state);
-    await rm(flag, { force: true });
+    await writeFile(failForkFlag(guest.root), '');
+    const tickBefore = guest.vm.control.lastTick;
+    const cli = await runCli(['snapshot', 'create', 'nofork', '--json', '--strategy', 'fork', '--name', 'fallback'], guest.state);
+    await rm(failForkFlag(guest.root), { force: true });
     expect(cli.exitCode, cli.stderr).toBe(0);
     const fallback = cli.lines.find((line) => line.type === 'strategy-fallback');
     expect(fallback).toMatchObject({ from: 'fork', to: 'background-snapshot' });
@@ -219,10 +184,10 @@ describe('fork() refused (ENOMEM) → background-snapshot takes over, and says s
     expect(types.indexOf('strategy-fallback')).toBeLessThan(types.indexOf('parent-resumed'));
     const meta = resultOf(cli);
     expect(meta).toMatchObject({ strategy: 'background-snapshot', strategyFallback: { from: 'fork' }, consistency: 'clean' });
-    const facts = await inspectExt4(path.join(state, 'snapshots', 'fallback', meta.disks[0].image.file), meta.disks[0].image.format);
+    const facts = await inspectExt4(path.join(guest.state, 'snapshots', 'fallback', meta.disks[0].image.file), meta.disks[0].image.format);
     expect(facts.needsRecovery).toBe(false);
     expect(Math.max(...facts.ticks)).toBeGreaterThanOrEqual(tickBefore);
-    const tick = vm.control.lastTick;
-    expect(await vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
+    const tick = guest.vm.control.lastTick;
+    expect(await guest.vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
   });
 });

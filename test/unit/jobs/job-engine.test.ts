@@ -1,7 +1,6 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
-import { dir, type DirectoryResult } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Paths } from '../../../src/config.js';
 import { ForksnapError } from '../../../src/errors.js';
@@ -10,13 +9,14 @@ import { jobRequestSchema, newJobRecord } from '../../../src/jobs/job-record.js'
 import { jobRecordsDir } from '../../../src/jobs/job-store.js';
 import type { RunJobOptions, SnapshotResult } from '../../../src/jobs/run-job.js';
 import { saveVm } from '../../../src/vm/registry.js';
+import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 
 /**
  * The engine's queueing, concurrency, cancellation and persistence, with the job body replaced by
  * a fake the test finishes by hand (the real pipeline is exercised by the integration tests).
  */
 const log = pino({ level: 'silent' });
-let tmp: DirectoryResult;
+let tmp: TempPaths;
 let paths: Paths;
 let runs: Map<string, { options: RunJobOptions; finish: () => void }>;
 let engine: JobEngine;
@@ -53,8 +53,8 @@ async function newEngine(maxConcurrent: number): Promise<JobEngine> {
 }
 
 beforeEach(async () => {
-  tmp = await dir({ unsafeCleanup: true });
-  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+  tmp = await tempPaths();
+  paths = tmp.paths;
   runs = new Map();
   for (const name of ['vm1', 'vm2', 'vm3']) await saveVm(paths, { name, origin: 'attached', qmpSocket: `/nonexistent/${name}.sock`, disks: [], createdAt: new Date().toISOString() });
   engine = await newEngine(2);

@@ -1,16 +1,16 @@
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { dir, type DirectoryResult } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Paths } from '../../../src/config.js';
 import { JobJournal, journalDir, readJournals } from '../../../src/jobs/journal.js';
+import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 
-let tmp: DirectoryResult;
+let tmp: TempPaths;
 let paths: Paths;
 
 beforeEach(async () => {
-  tmp = await dir({ unsafeCleanup: true });
-  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+  tmp = await tempPaths();
+  paths = tmp.paths;
 });
 afterEach(() => tmp.cleanup());
 

@@ -1,20 +1,20 @@
 import { spawnSync } from 'node:child_process';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { dir, type DirectoryResult } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { locksDir, type Paths } from '../../../src/config.js';
 import { ForksnapError } from '../../../src/errors.js';
 import { lockVm } from '../../../src/jobs/vm-lock.js';
 import { isAlive } from '../../../src/qemu/process-info.js';
+import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 
-let tmp: DirectoryResult;
+let tmp: TempPaths;
 let paths: Paths;
 const lockFile = () => path.join(locksDir(paths), 'vm1.lock');
 
 beforeEach(async () => {
-  tmp = await dir({ unsafeCleanup: true });
-  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+  tmp = await tempPaths();
+  paths = tmp.paths;
 });
 afterEach(() => tmp.cleanup());
 

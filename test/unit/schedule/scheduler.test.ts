@@ -1,7 +1,6 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
-import { dir, type DirectoryResult } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Paths } from '../../../src/config.js';
 import { newJobRecord, type JobRecord, type JobRequest, type JobTrigger } from '../../../src/jobs/job-record.js';
@@ -9,17 +8,18 @@ import { Scheduler } from '../../../src/schedule/scheduler.js';
 import { scheduleSpecSchema } from '../../../src/schedule/schedule-spec.js';
 import { scheduleStateFile } from '../../../src/schedule/schedule-state.js';
 import { ManualClock } from '../../helpers/manual-clock.js';
+import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 
 const log = pino({ level: 'silent' });
-let tmp: DirectoryResult;
+let tmp: TempPaths;
 let paths: Paths;
 let scheduler: Scheduler | undefined;
 let submitted: { request: JobRequest; origin: { trigger: JobTrigger; schedule: string }; at: string }[];
 let busy: boolean;
 
 beforeEach(async () => {
-  tmp = await dir({ unsafeCleanup: true });
-  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+  tmp = await tempPaths();
+  paths = tmp.paths;
   submitted = [];
   busy = false;
 });
@@ -135,8 +135,8 @@ describe('Scheduler', () => {
       await start(new ManualClock('2026-11-21T09:00:00Z'), NIGHTLY);
       await scheduler!.stop();
       await tmp.cleanup();
-      tmp = await dir({ unsafeCleanup: true });
-      paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+      tmp = await tempPaths();
+      paths = tmp.paths;
       await start(new ManualClock('2026-11-21T09:00:00Z'), NIGHTLY);
       expect(submitted).toEqual([]);
     });

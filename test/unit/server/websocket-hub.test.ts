@@ -1,7 +1,6 @@
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { pino } from 'pino';
-import { dir, type DirectoryResult } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { Paths } from '../../../src/config.js';
@@ -13,13 +12,14 @@ import { closeServer, createHttpServer, listenUnix } from '../../../src/server/h
 import { DaemonMetrics } from '../../../src/server/metrics.js';
 import { WebSocketHub } from '../../../src/server/websocket-hub.js';
 import { saveVm } from '../../../src/vm/registry.js';
+import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 
 /**
  * The WebSocket hub on a real unix socket with real clients: a client that stops reading must not
  * slow anything down; it is skipped while behind, then told what it missed and re-synchronised.
  */
 const log = pino({ level: 'silent' });
-let tmp: DirectoryResult;
+let tmp: TempPaths;
 let paths: Paths;
 let engine: JobEngine;
 let hub: WebSocketHub;
@@ -28,14 +28,14 @@ let socketPath: string;
 let running: RunJobOptions | undefined;
 
 beforeEach(async () => {
-  tmp = await dir({ unsafeCleanup: true });
-  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+  tmp = await tempPaths();
+  paths = tmp.paths;
   await saveVm(paths, { name: 'vm1', origin: 'attached', qmpSocket: '/nonexistent.sock', disks: [], createdAt: new Date().toISOString() });
   engine = new JobEngine({ paths, log, maxConcurrent: 1, run: (options) => { running = options; return new Promise<SnapshotResult>(() => {}); } });
   await engine.start();
   hub = new WebSocketHub(engine, log, { highWaterBytes: 64 * 1024 });
   server = createHttpServer({ router: apiRouter({ paths, log, engine, startedAt: '', version: 'test' }), hub, metrics: new DaemonMetrics(engine), log, maxBodyBytes: 65536 }, undefined);
-  socketPath = path.join(tmp.path, 'd.sock');
+  socketPath = path.join(tmp.root, 'd.sock');
   await listenUnix(server, socketPath);
 });
 afterEach(async () => {

@@ -1,20 +1,20 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { dir, type DirectoryResult } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { snapshotsDir, type Paths } from '../../../src/config.js';
 import { ForksnapError } from '../../../src/errors.js';
+import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 import {
   beginSnapshot, deleteSnapshot, describeImage, listSnapshots, loadSnapshot, snapshotImagePath, type SnapshotMeta,
 } from '../../../src/snapshot/store.js';
 
-let tmp: DirectoryResult;
+let tmp: TempPaths;
 let paths: Paths;
 
 beforeEach(async () => {
-  tmp = await dir({ unsafeCleanup: true });
-  paths = { stateDir: path.join(tmp.path, 'state'), cacheDir: path.join(tmp.path, 'cache') };
+  tmp = await tempPaths();
+  paths = tmp.paths;
 });
 afterEach(() => tmp.cleanup());
 
@@ -127,11 +127,11 @@ describe('snapshot store', () => {
   });
 
   it.each(['../escape', '..', 'a/b', '.partial-x', '/etc', ''])('refuses the traversal or hidden name %j with INVALID_NAME', async (name) => {
-    await mkdir(path.join(tmp.path, 'state', 'escape'), { recursive: true });
+    await mkdir(path.join(tmp.root, 'state', 'escape'), { recursive: true });
     expect(await codeOf(beginSnapshot(paths, name))).toBe('INVALID_NAME');
     expect(await codeOf(loadSnapshot(paths, name))).toBe('INVALID_NAME');
     expect(await codeOf(deleteSnapshot(paths, name))).toBe('INVALID_NAME');
-    await expect(stat(path.join(tmp.path, 'state', 'escape'))).resolves.toBeTruthy();
+    await expect(stat(path.join(tmp.root, 'state', 'escape'))).resolves.toBeTruthy();
   });
 
   it('snapshotImagePath refuses an unknown disk', async () => {
@@ -141,7 +141,7 @@ describe('snapshot store', () => {
   });
 
   it('describeImage reports the base name, size and sha256 of an image', async () => {
-    const file = path.join(tmp.path, 'disk.raw');
+    const file = path.join(tmp.root, 'disk.raw');
     const content = Buffer.alloc(200_000, 7);
     await writeFile(file, content);
     await expect(describeImage(file, 'raw')).resolves.toEqual({
