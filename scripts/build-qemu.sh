@@ -1,38 +1,84 @@
 #!/usr/bin/env bash
-# Build forksnap's patched QEMU: Debian bookworm's qemu source package with
-# patches/*.patch applied, minimal x86_64 system emulator + tools.
+# Build forksnap's patched QEMU for one base version: Debian's qemu source
+# package with patches/qemu-<base>/*.patch applied, minimal x86_64 system
+# emulator + tools, seccomp enabled (as Debian's own build is, so -sandbox
+# works as under libvirt).
+#
+#   scripts/build-qemu.sh [7.2|10.0]        (default: $FORKSNAP_QEMU_BASE, else 7.2)
+#
+# Bases:
+#   7.2   bookworm's source (the host's own apt sources; deb-src added if missing)
+#   10.0  trixie's source (qemu 1:10.0.x+ds-0+deb13uN), fetched through a private
+#         apt configuration under ${CACHE}/qemu/apt-trixie/ (its own sources.list,
+#         lists and cache): the host stays bookworm. QEMU 10.0 needs meson >= 1.5,
+#         which bookworm lacks; Debian's +ds tarball drops QEMU's bundled wheel, so
+#         a meson wheel is fetched once with pip into ${CACHE}/qemu/wheels/ and
+#         handed to configure's offline venv (python/wheels).
 #
 # Output: ${FORKSNAP_CACHE_DIR:-/var/cache/forksnap}/qemu/<ver>-<hash>/
 #   bin/qemu-system-x86_64, bin/qemu-img (and the other tools)
-#   BUILD-INFO.json (source version, patch hash, configure flags, build time)
+#   BUILD-INFO.json (base, source version, hash, patches, configure flags, build time)
 # <ver>  = Debian source version without epoch, e.g. 7.2+dfsg-7+deb12u18
-# <hash> = first 12 hex chars of sha256 over patches/*.patch (in order)
+# <hash> = first 12 hex chars of sha256 over the base's patches (in order),
+#          the configure flags and the build tooling pins (meson wheel)
 # The prefix is printed as the LAST line of stdout; progress goes to stderr,
 # build output to ${CACHE}/qemu/logs/. An existing working build is reused
 # at once. Firmware comes from Debian's qemu-system-data, seabios and
 # ipxe-qemu packages (compiled-in --firmwarepath, no blobs installed).
 #
 # Environment:
+#   FORKSNAP_QEMU_BASE          7.2 | 10.0 when no argument is given (default 7.2)
 #   FORKSNAP_CACHE_DIR          cache root (default /var/cache/forksnap)
 #   FORKSNAP_QEMU_SOURCE_VERSION  exact source version for `apt-get source`
-#                               (default: the candidate, e.g. 1:7.2+dfsg-7+deb12u18)
+#                               (default: the newest the base's suite has)
+#   FORKSNAP_DEBIAN_MIRROR      mirror for the trixie deb-src entry (default: the
+#                               host's bookworm mirror, else http://deb.debian.org/debian)
 #   FORKSNAP_BUILD_JOBS         ninja -j (default: nproc)
 #   FORKSNAP_KEEP_BUILD=1       keep the temporary build tree
+#   FORKSNAP_QEMU_CACHED_ONLY=1 only look: print the cached prefix, or exit 3 if
+#                               this base is not built for the current patches
 set -euo pipefail
 
 SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
 REPO_ROOT=$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd)
-PATCH_DIR="$REPO_ROOT/patches"
 CACHE_ROOT="${FORKSNAP_CACHE_DIR:-/var/cache/forksnap}/qemu"
 FIRMWAREPATH=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
 JOBS="${FORKSNAP_BUILD_JOBS:-$(nproc)}"
+
+log() { printf 'build-qemu: %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+usage() {
+	printf 'usage: %s [7.2|10.0]   (or FORKSNAP_QEMU_BASE=7.2|10.0)\n' "$(basename "$0")" >&2
+	exit 2
+}
+
+[ "$#" -le 1 ] || usage
+BASE="${1:-${FORKSNAP_QEMU_BASE:-7.2}}"
+case "$BASE" in
+7.2)
+	SUITE=bookworm
+	VERSION_GLOB='7.2*'
+	;;
+10.0)
+	SUITE=trixie
+	VERSION_GLOB='10.0*'
+	;;
+-h | --help) usage ;;
+*) die "unknown QEMU base '$BASE' (supported: 7.2, 10.0)" ;;
+esac
+PATCH_DIR="$REPO_ROOT/patches/qemu-$BASE"
 
 APT=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 BUILD_DEPS=(
 	build-essential ninja-build meson pkg-config python3 python3-venv
 	libglib2.0-dev libpixman-1-dev zlib1g-dev libslirp-dev libaio-dev
-	libfdt-dev dpkg-dev patch flex bison xz-utils ca-certificates
+	libfdt-dev libseccomp-dev dpkg-dev patch flex bison xz-utils ca-certificates
 )
+[ "$BASE" = 10.0 ] && BUILD_DEPS+=(python3-pip)
 FIRMWARE_PKGS=(qemu-system-data seabios ipxe-qemu)
 FIRMWARE_FILES=(
 	/usr/share/seabios/bios-256k.bin
@@ -54,14 +100,11 @@ CONFIGURE_FLAGS=(
 	--enable-tools
 	--enable-linux-aio
 	--enable-fdt=system
+	--enable-seccomp
 	"--firmwarepath=$FIRMWAREPATH"
 )
-
-log() { printf 'build-qemu: %s\n' "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
+# 10.0: every subproject forksnap needs is in the tarball; never reach for the network
+[ "$BASE" = 10.0 ] && CONFIGURE_FLAGS+=(--disable-download)
 
 export DEBIAN_FRONTEND=noninteractive
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -104,17 +147,52 @@ ensure_firmware() {
 	firmware_ok || die "firmware missing after installing ${FIRMWARE_PKGS[*]}"
 }
 
+mkdir -p "$CACHE_ROOT" "$CACHE_ROOT/src" "$CACHE_ROOT/logs"
+SRC_CACHE="$CACHE_ROOT/src"
+
+# ------------------------------------------------------------ meson (10.0)
+# The wheel is part of the cache key (a different meson is a different build).
+WHEEL_DIR="$CACHE_ROOT/wheels"
+MESON_WHEEL=""
+find_meson_wheel() {
+	local w
+	MESON_WHEEL=""
+	shopt -s nullglob
+	for w in "$WHEEL_DIR"/meson-*-py3-none-any.whl; do
+		MESON_WHEEL="$w" # the last in glob order; there is normally one
+	done
+	shopt -u nullglob
+}
+ensure_meson_wheel() {
+	find_meson_wheel
+	[ -n "$MESON_WHEEL" ] && return 0
+	ensure_pkgs python3-pip
+	mkdir -p "$WHEEL_DIR"
+	log "fetching a meson >= 1.5 wheel with pip (QEMU 10.0 needs it; bookworm has 1.0)"
+	python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEEL_DIR" 'meson>=1.5.0,<2' >&2 ||
+		die "pip could not fetch a meson wheel"
+	find_meson_wheel
+	[ -n "$MESON_WHEEL" ] || die "no meson wheel in $WHEEL_DIR after pip download"
+}
+[ "$BASE" = 10.0 ] && find_meson_wheel
+
 # ------------------------------------------------------------ cache key
 shopt -s nullglob
-PATCHES=("$PATCH_DIR"/*.patch)
+PATCHES=("$PATCH_DIR"/[0-9]*.patch)
 shopt -u nullglob
 [ "${#PATCHES[@]}" -gt 0 ] || die "no patches in $PATCH_DIR"
-PATCH_HASH=$(cat "${PATCHES[@]}" | sha256sum | cut -c1-12)
 
-# The source version is only known from apt (or the .dsc); look in the
-# source cache first so that a cached build needs no apt at all.
-SRC_CACHE="$CACHE_ROOT/src"
-mkdir -p "$CACHE_ROOT" "$SRC_CACHE" "$CACHE_ROOT/logs"
+compute_hash() {
+	{
+		printf 'base %s\n' "$BASE"
+		cat "${PATCHES[@]}"
+		printf 'configure %s\n' "${CONFIGURE_FLAGS[@]}"
+		[ -n "$MESON_WHEEL" ] && printf 'meson %s\n' "$(basename "$MESON_WHEEL")"
+		true
+	} | sha256sum | cut -c1-12
+}
+# Without the wheel yet (a cold cache), the hash is computed again once it is there.
+PATCH_HASH=$(compute_hash)
 
 binary_works() {
 	[ -x "$1/bin/qemu-system-x86_64" ] &&
@@ -123,8 +201,8 @@ binary_works() {
 		"$1/bin/qemu-img" --version >/dev/null 2>&1
 }
 
-# Fast path: a finished build for these patches (and the requested or the
-# newest cached source version) exists.
+# Fast path: a finished build of this base for these patches (and the
+# requested or the newest cached source version) exists.
 cached_prefix() {
 	local want="${FORKSNAP_QEMU_SOURCE_VERSION:-}" d
 	if [ -n "$want" ]; then
@@ -132,10 +210,10 @@ cached_prefix() {
 		binary_works "$d" && printf '%s\n' "$d"
 		return 0
 	fi
-	# highest source version first
 	local cands=()
 	shopt -s nullglob
-	cands=("$CACHE_ROOT"/*-"$PATCH_HASH")
+	# shellcheck disable=SC2206 # the glob is the point
+	cands=("$CACHE_ROOT"/$VERSION_GLOB-"$PATCH_HASH")
 	shopt -u nullglob
 	[ "${#cands[@]}" -gt 0 ] || return 0
 	for d in $(printf '%s\n' "${cands[@]}" | sort -rV); do
@@ -149,10 +227,14 @@ cached_prefix() {
 
 PREFIX=$(cached_prefix)
 if [ -n "$PREFIX" ]; then
-	ensure_firmware
-	log "cached: $PREFIX"
+	[ "${FORKSNAP_QEMU_CACHED_ONLY:-0}" = 1 ] || ensure_firmware
+	log "cached ($BASE): $PREFIX"
 	printf '%s\n' "$PREFIX"
 	exit 0
+fi
+if [ "${FORKSNAP_QEMU_CACHED_ONLY:-0}" = 1 ]; then
+	log "QEMU $BASE is not built for patches/qemu-$BASE [$PATCH_HASH]: run scripts/build-qemu.sh $BASE"
+	exit 3
 fi
 
 # Serialise concurrent builds (CI, several sessions).
@@ -162,7 +244,7 @@ flock 9
 PREFIX=$(cached_prefix)
 if [ -n "$PREFIX" ]; then
 	ensure_firmware
-	log "cached (built concurrently): $PREFIX"
+	log "cached (built concurrently, $BASE): $PREFIX"
 	printf '%s\n' "$PREFIX"
 	exit 0
 fi
@@ -170,10 +252,17 @@ fi
 # ------------------------------------------------------------ packages
 ensure_pkgs "${BUILD_DEPS[@]}" "${FIRMWARE_PKGS[@]}"
 ensure_firmware
+if [ "$BASE" = 10.0 ]; then
+	ensure_meson_wheel
+	PATCH_HASH=$(compute_hash)
+fi
 
 # ------------------------------------------------------------ deb-src
+# APT_SRC: the apt options that see the base's source packages.
+APT_SRC=()
+
 have_qemu_src() {
-	apt-cache showsrc qemu 2>/dev/null | grep '^Version:' >/dev/null
+	apt-cache "${APT_SRC[@]}" showsrc qemu 2>/dev/null | grep '^Version:' >/dev/null
 }
 
 add_deb_src() {
@@ -204,26 +293,83 @@ add_deb_src() {
 	EOF
 }
 
-if ! have_qemu_src; then
-	apt_update
-fi
-if ! have_qemu_src; then
-	[ "$(id -u)" = 0 ] || die "no deb-src entry for qemu and not root"
-	add_deb_src
-	apt_updated=0
-	apt_update
-	have_qemu_src || die "apt-cache showsrc qemu finds nothing after adding deb-src"
+# The Debian mirror the host uses for bookworm (not -security), so that the
+# trixie entry goes through the same mirror or proxy.
+host_debian_mirror() {
+	local f uri
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		uri=$(awk '
+			/^[[:space:]]*$/ { if (deb && main && uri != "") { print uri; exit } deb = main = 0; uri = "" }
+			/^Types:/ && / deb( |$)/ { deb = 1 }
+			/^Suites:/ && /(^|[ \t])bookworm([ \t]|$)/ { main = 1 }
+			/^URIs:/ { uri = $2 }
+			END { if (deb && main && uri != "") print uri }' "$f" | head -n1)
+		[ -n "$uri" ] && printf '%s\n' "$uri" && return 0
+	done
+	uri=$(grep -hsE '^deb\s+(\[[^]]*\]\s+)?\S+\s+bookworm(\s|$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
+		sed -E 's/^deb\s+(\[[^]]*\]\s+)?(\S+).*/\2/' | head -n1)
+	[ -n "$uri" ] && printf '%s\n' "$uri" && return 0
+	printf '%s\n' http://deb.debian.org/debian
+}
+
+# trixie's deb-src through a private apt configuration: nothing of the
+# host's apt state (sources, lists, cache) is read or changed.
+setup_private_trixie_apt() {
+	local dir="$CACHE_ROOT/apt-trixie" mirror
+	mirror="${FORKSNAP_DEBIAN_MIRROR:-$(host_debian_mirror)}"
+	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+	printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie main\n' \
+		"$mirror" >"$dir/sources.list.new"
+	if ! cmp -s "$dir/sources.list.new" "$dir/sources.list" 2>/dev/null; then
+		mv "$dir/sources.list.new" "$dir/sources.list"
+		rm -f "$dir/lists/"*_Sources* "$dir/lists/"*Release*
+	else
+		rm -f "$dir/sources.list.new"
+	fi
+	APT_SRC=(
+		-o "Dir::Etc::sourcelist=$dir/sources.list"
+		-o Dir::Etc::sourceparts=-
+		-o "Dir::State::Lists=$dir/lists"
+		-o "Dir::Cache=$dir/cache"
+		-o APT::Get::List-Cleanup=0
+	)
+	if ! have_qemu_src; then
+		log "apt-get update (private trixie deb-src: $mirror)"
+		apt-get "${APT_SRC[@]}" -q update >&2 || die "apt-get update for trixie's deb-src failed"
+		have_qemu_src || die "trixie's deb-src lists no qemu source package"
+	fi
+}
+
+if [ "$BASE" = 10.0 ]; then
+	setup_private_trixie_apt
+else
+	if ! have_qemu_src; then
+		apt_update
+	fi
+	if ! have_qemu_src; then
+		[ "$(id -u)" = 0 ] || die "no deb-src entry for qemu and not root"
+		add_deb_src
+		apt_updated=0
+		apt_update
+		have_qemu_src || die "apt-cache showsrc qemu finds nothing after adding deb-src"
+	fi
 fi
 
 if [ -n "${FORKSNAP_QEMU_SOURCE_VERSION:-}" ]; then
 	SRC_VERSION="$FORKSNAP_QEMU_SOURCE_VERSION"
 else
-	# newest available source version
-	SRC_VERSION=$(apt-cache showsrc qemu | sed -n 's/^Version: //p' |
-		sort -V | tail -n1)
+	# newest available source version of this base
+	SRC_VERSION=$(apt-cache "${APT_SRC[@]}" showsrc qemu | sed -n 's/^Version: //p' |
+		while read -r v; do
+			# shellcheck disable=SC2254 # VERSION_GLOB is a pattern
+			case "${v#*:}" in $VERSION_GLOB) printf '%s\n' "$v" ;; esac
+		done | sort -V | tail -n1)
 fi
-[ -n "$SRC_VERSION" ] || die "cannot determine the qemu source version"
+[ -n "$SRC_VERSION" ] || die "cannot determine the qemu $BASE source version"
 VER_NOEPOCH=${SRC_VERSION#*:}
+# shellcheck disable=SC2254
+case "$VER_NOEPOCH" in $VERSION_GLOB) ;; *) die "source version $SRC_VERSION is not QEMU $BASE" ;; esac
 PREFIX="$CACHE_ROOT/$VER_NOEPOCH-$PATCH_HASH"
 if binary_works "$PREFIX"; then
 	log "cached: $PREFIX"
@@ -234,8 +380,8 @@ fi
 # ------------------------------------------------------------ source
 DSC="$SRC_CACHE/qemu_$VER_NOEPOCH.dsc"
 if [ ! -f "$DSC" ]; then
-	log "apt-get source qemu=$SRC_VERSION"
-	(cd "$SRC_CACHE" && apt-get -o DPkg::Lock::Timeout=600 -q source \
+	log "apt-get source qemu=$SRC_VERSION ($SUITE)"
+	(cd "$SRC_CACHE" && apt-get "${APT_SRC[@]}" -o DPkg::Lock::Timeout=600 -q source \
 		--download-only "qemu=$SRC_VERSION") >&2 ||
 		die "apt-get source qemu=$SRC_VERSION failed"
 fi
@@ -257,12 +403,25 @@ fail_log() {
 }
 
 START=$(date +%s)
-log "building $VER_NOEPOCH + ${#PATCHES[@]} patch(es) [$PATCH_HASH] in $TMP (log: $LOG)"
+log "building QEMU $BASE: $VER_NOEPOCH + ${#PATCHES[@]} patch(es) [$PATCH_HASH] in $TMP (log: $LOG)"
 dpkg-source --no-check -x "$DSC" "$TMP/src" >>"$LOG" 2>&1 || fail_log
 for p in "${PATCHES[@]}"; do
-	log "applying $(basename "$p")"
+	log "applying qemu-$BASE/$(basename "$p")"
 	patch -d "$TMP/src" -p1 --batch --forward <"$p" >>"$LOG" 2>&1 || fail_log
 done
+
+if [ "$BASE" = 10.0 ]; then
+	# configure installs meson into its venv from python/wheels, at the
+	# version pythondeps.toml names: name the wheel we have.
+	meson_version=$(basename "$MESON_WHEEL" | sed -E 's/^meson-([^-]+)-.*/\1/')
+	mkdir -p "$TMP/src/python/wheels"
+	cp "$MESON_WHEEL" "$TMP/src/python/wheels/"
+	sed -i -E "s/^(meson = \\{ accepted = \"[^\"]*\", installed = )\"[^\"]*\"/\\1\"$meson_version\"/" \
+		"$TMP/src/pythondeps.toml"
+	grep -q "installed = \"$meson_version\"" "$TMP/src/pythondeps.toml" ||
+		die "could not point pythondeps.toml at meson $meson_version"
+	log "meson $meson_version (wheel from $WHEEL_DIR)"
+fi
 
 mkdir -p "$TMP/build"
 log "configure"
@@ -273,7 +432,10 @@ ninja -C "$TMP/build" -j "$JOBS" >>"$LOG" 2>&1 || fail_log
 log "installing"
 DESTDIR="$TMP/stage" ninja -C "$TMP/build" install >>"$LOG" 2>&1 || fail_log
 STAGED="$TMP/stage$PREFIX"
-binary_works "$STAGED" || { log "staged binaries do not run"; fail_log; }
+binary_works "$STAGED" || {
+	log "staged binaries do not run"
+	fail_log
+}
 END=$(date +%s)
 
 # ------------------------------------------------------------ verify
@@ -299,23 +461,34 @@ verify_machine() {
 verify_machine q35
 verify_machine pc
 
-# The patched capability must be there (forksnap detects support this way).
+# The patched capability must be there (forksnap detects support this way),
+# and the sandbox must work (libvirt starts QEMU with -sandbox).
 printf '%s\n' '{"execute":"qmp_capabilities"}' \
 	'{"execute":"query-migrate-capabilities"}' '{"execute":"quit"}' |
 	timeout 20 "$STAGED/bin/qemu-system-x86_64" -machine none -nodefaults \
+		-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
 		-display none -qmp stdio >"$TMP/caps.json" 2>>"$LOG" || true
 if ! grep '"x-fork-snapshot"' "$TMP/caps.json" >/dev/null; then
-	log "query-migrate-capabilities does not list x-fork-snapshot"
+	log "query-migrate-capabilities (under -sandbox on,...) does not list x-fork-snapshot"
 	fail_log
 fi
-log "x-fork-snapshot capability present"
+log "x-fork-snapshot capability present, -sandbox works"
 
+json_list() {
+	local sep="" x
+	for x in "$@"; do
+		printf '%s"%s"' "$sep" "$x"
+		sep=","
+	done
+}
 cat >"$STAGED/BUILD-INFO.json" <<EOF
 {
+  "base": "$BASE",
   "sourceVersion": "$SRC_VERSION",
   "patchHash": "$PATCH_HASH",
-  "patches": [$(for p in "${PATCHES[@]}"; do printf '"%s",' "$(basename "$p")"; done | sed 's/,$//')],
-  "configure": [$(for f in "${CONFIGURE_FLAGS[@]}"; do printf '"%s",' "$f"; done | sed 's/,$//')],
+  "patches": [$(json_list "${PATCHES[@]##*/}")],
+  "configure": [$(json_list "${CONFIGURE_FLAGS[@]}")],
+  "meson": "$([ -n "$MESON_WHEEL" ] && basename "$MESON_WHEEL")",
   "jobs": $JOBS,
   "buildSeconds": $((END - START)),
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -333,5 +506,5 @@ mv -T "$STAGED" "$PREFIX" 2>/dev/null || {
 	binary_works "$PREFIX" || die "cannot move the build to $PREFIX"
 	log "$PREFIX appeared meanwhile; keeping it"
 }
-log "built in $((END - START)) s: $PREFIX"
+log "built QEMU $BASE in $((END - START)) s: $PREFIX"
 printf '%s\n' "$PREFIX"

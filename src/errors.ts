@@ -12,7 +12,7 @@
 interface CodeInfo {
   /** HTTP status the daemon answers with. */
   readonly http: number;
-  /** Process exit code of the CLI. 2 = bad input, 3 = refused precondition, 4 = not found, 5 = a hook failed, 1 = failure. */
+  /** Process exit code of the CLI (EXIT_CODES below): 1 failure, 2 bad input, 3 refused, 4 not found, 5 hook failed, 7 not clean, 8 verification failed. */
   readonly exit: number;
   readonly summary: string;
 }
@@ -25,7 +25,11 @@ export const ERROR_CODES = {
   VM_EXISTS: { http: 409, exit: 3, summary: 'a VM of that name is already registered' },
   VM_NOT_RUNNING: { http: 409, exit: 3, summary: 'the VM is not in the running state' },
   VM_RUNNING: { http: 409, exit: 3, summary: 'the VM is running and must be stopped first' },
-  VM_BUSY: { http: 409, exit: 3, summary: 'another job holds this VM' },
+  VM_MANAGED: { http: 409, exit: 3, summary: 'the VM is managed by libvirt: start and stop it there (virsh)' },
+  VM_BUSY: { http: 409, exit: 3, summary: 'another job holds this VM, or it is migrating or runs block jobs' },
+  VM_UNREACHABLE: { http: 503, exit: 3, summary: 'the VM does not answer on its QMP socket' },
+  VM_NO_WRITABLE_DISK: { http: 422, exit: 3, summary: 'the VM has no writable disk: there is nothing to snapshot' },
+  RECOVERY_PENDING: { http: 409, exit: 3, summary: 'an interrupted job on this VM has not been unwound yet (run forksnap recover, or start the daemon)' },
   VM_START_FAILED: { http: 500, exit: 1, summary: 'QEMU did not start' },
   VM_UNSUPPORTED_DEVICE: { http: 422, exit: 3, summary: 'the VM has a device forksnap cannot clone safely' },
   VM_CONFIG_MISMATCH: { http: 422, exit: 3, summary: 'the child QEMU does not match the running VM' },
@@ -33,22 +37,32 @@ export const ERROR_CODES = {
   SNAPSHOT_EXISTS: { http: 409, exit: 3, summary: 'a snapshot of that id exists' },
   QEMU_NOT_FOUND: { http: 500, exit: 1, summary: 'no usable QEMU binary' },
   QEMU_EXITED: { http: 500, exit: 1, summary: 'a QEMU process exited unexpectedly' },
+  QEMU_ABNORMAL_SHUTDOWN: { http: 500, exit: 1, summary: 'a QEMU process forksnap started would not die (quit, SIGTERM and SIGKILL all failed)' },
   QMP_CONNECT_FAILED: { http: 502, exit: 1, summary: 'could not connect to a QMP socket' },
   QMP_COMMAND_FAILED: { http: 502, exit: 1, summary: 'QEMU answered a command with an error' },
   QMP_DISCONNECTED: { http: 502, exit: 1, summary: 'the QMP connection dropped while commands were pending' },
   QMP_PROTOCOL: { http: 502, exit: 1, summary: 'QEMU sent something that is not QMP' },
   STRATEGY_UNSUPPORTED: { http: 422, exit: 3, summary: 'the requested capture strategy is not supported by this QEMU' },
   DISK_BACKEND_UNSUPPORTED: { http: 422, exit: 3, summary: 'the requested disk backend cannot be used for this disk' },
+  PREFLIGHT_FAILED: { http: 500, exit: 1, summary: 'the preflight checks failed unexpectedly (nothing was changed)' },
+  PREPARE_FAILED: { http: 500, exit: 1, summary: 'preparing the disk-snapshot files or the child QEMU failed' },
+  HALT_FAILED: { http: 500, exit: 1, summary: 'halting the parent VM failed' },
   DISK_SNAPSHOT_FAILED: { http: 500, exit: 1, summary: 'taking the point-in-time disk snapshot failed' },
   CAPTURE_FAILED: { http: 500, exit: 1, summary: 'streaming the VM state into the child failed' },
   ISOLATION_FAILED: { http: 500, exit: 1, summary: 'the child could not be isolated' },
   SHUTDOWN_FAILED: { http: 500, exit: 1, summary: 'driving the child shutdown failed' },
   MATERIALISE_FAILED: { http: 500, exit: 1, summary: 'writing the snapshot image failed' },
   MERGE_FAILED: { http: 500, exit: 1, summary: 'merging the parent overlay back failed' },
+  FINISH_FAILED: { http: 500, exit: 1, summary: 'finishing the snapshot (dropping the disk views, writing meta.json) failed' },
+  CLEANUP_FAILED: { http: 500, exit: 1, summary: 'a clean-up step failed; the job journal is kept for recovery' },
+  MIGRATION_RESTORE_FAILED: { http: 500, exit: 1, summary: 'the parent\'s migration capabilities or parameters could not all be set back to the values they had before the job' },
   PARENT_RESUME_FAILED: { http: 500, exit: 1, summary: 'the parent VM could not be resumed' },
   PHASE_TIMEOUT: { http: 504, exit: 1, summary: 'a phase took longer than its timeout' },
+  NO_SPACE: { http: 507, exit: 1, summary: 'not enough free space for the snapshot images or the fleecing storage (nothing was started)' },
   TOOL_FAILED: { http: 500, exit: 1, summary: 'an external tool failed' },
   CANCELLED: { http: 499, exit: 130, summary: 'the operation was cancelled' },
+  NOT_CLEAN: { http: 422, exit: 7, summary: 'the snapshot came out crash-consistent and --require-clean (requireClean) was given: it was not kept' },
+  VERIFY_FAILED: { http: 422, exit: 8, summary: 'a stored snapshot failed verification (checksum, qemu-img check or a guest filesystem check)' },
   HOOK_FAILED: { http: 500, exit: 5, summary: 'a pre or post hook command failed (a failing pre hook aborts before the halt)' },
   CONFIG_INVALID: { http: 400, exit: 2, summary: 'the daemon configuration file does not validate' },
   INVALID_JSON: { http: 400, exit: 2, summary: 'the request body is not valid JSON' },
@@ -66,6 +80,24 @@ export const ERROR_CODES = {
 } as const satisfies Record<string, CodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
+
+/**
+ * Every process exit code of the CLI (README "Exit codes"). All but OK and CRASH_CONSISTENT come
+ * from an error's code (ERROR_CODES[code].exit); CRASH_CONSISTENT is a success that is not clean:
+ * `snapshot create` kept a snapshot labelled crash-consistent.
+ */
+export const EXIT_CODES = {
+  OK: 0,
+  FAILURE: 1,
+  BAD_INPUT: 2,
+  REFUSED: 3,
+  NOT_FOUND: 4,
+  HOOK_FAILED: 5,
+  CRASH_CONSISTENT: 6,
+  NOT_CLEAN: 7,
+  VERIFY_FAILED: 8,
+  CANCELLED: 130,
+} as const;
 
 export type ErrorContext = Record<string, unknown>;
 

@@ -5,15 +5,16 @@ import { ForksnapError } from '../errors.js';
 import { haltParent } from '../forker/halt-then-migrate.js';
 import { applyMigrationSettings, FAST_BANDWIDTH } from '../forker/migration-config.js';
 import { ensureParentRunning } from '../jobs/ensure-parent-running.js';
-import { round } from '../jobs/phase-runner.js';
 import type { QmpClient } from '../qmp/client.js';
+import type { QmpEvent } from '../qmp/events.js';
 import { migrationInfo } from '../qmp/schemas.js';
 import { snapshotFormat, type DiskSnapshot } from '../snapshot/disk-backend.js';
 import { overlayBackend } from '../snapshot/overlay-backend.js';
 import { reflinkBackend } from '../snapshot/reflink-backend.js';
 import { describeImage } from '../snapshot/store.js';
 import { sleep } from '../util/abort.js';
-import { UndoStack } from '../util/undo-stack.js';
+import { roundMs } from '../util/round-ms.js';
+import { UndoStack, type UndoHandle } from '../util/undo-stack.js';
 import { inspectVm } from '../vm/inspect.js';
 
 /**
@@ -54,6 +55,7 @@ export async function runBaseline(name: BaselineName, options: BaselineOptions):
   const { parent, signal, workDir } = options;
   const log = options.log.child({ baseline: name, job: options.jobId });
   const undo = new UndoStack(log);
+  let succeeded = false;
   try {
     const inventory = await inspectVm(options.parentPid, parent, signal);
     await mkdir(workDir, { recursive: true });
@@ -67,36 +69,44 @@ export async function runBaseline(name: BaselineName, options: BaselineOptions):
       snapshots.push(snapshot);
     }
     let restoreSettings: (() => Promise<void>) | undefined;
+    let settingsUndo: UndoHandle | undefined;
     if (name === 'stop-the-world') {
       restoreSettings = await applyMigrationSettings(parent, { capabilities: {}, parameters: { 'max-bandwidth': FAST_BANDWIDTH } }, signal);
-      undo.push('restore migration settings', restoreSettings);
+      settingsUndo = undo.push('restore migration settings', restoreSettings);
     }
-    const resume = () => ensureParentRunning(parent, options.parentSocket, log);
-    undo.push('resume the parent', resume);
-    const stop = await haltParent(parent, signal);
-    for (const snapshot of snapshots) {
-      const { undo: merge } = await snapshot.commitAtHalt(signal);
-      if (merge) undo.push(`merge the parent overlay of ${snapshot.disk.id}`, merge);
-    }
-    // Resuming the parent comes first when unwinding, before any merge.
-    undo.push('resume the parent', resume);
+    // Registered before the disk snapshots are taken, so on unwinding the parent resumes first.
+    const haltUndos: (() => Promise<void>)[] = [];
+    undo.push('undo the disk snapshots taken at the halt', async () => {
+      for (const merge of haltUndos.reverse()) await merge();
+    }, { when: 'on-failure' });
+    undo.push('resume the parent', () => ensureParentRunning(parent, options.parentSocket, log, { pausedByUs: true, ownsMigration: name === 'stop-the-world' }), { when: 'on-failure' });
+    // Registered before `stop`: STOP, and the RESUME after `cont`.
+    const runState = parent.listen(['STOP', 'RESUME']);
+    let stop: QmpEvent;
+    let resumed: QmpEvent;
     let stateCompleteAtMs: number | undefined;
     let stateFileBytes: number | undefined;
-    if (name === 'stop-the-world') {
-      const stateFile = path.join(workDir, 'state.migration');
-      await parent.execute('migrate', { uri: `exec:cat > '${stateFile}'` }, { signal });
-      await waitForMigrationCompleted(parent, signal);
-      stateCompleteAtMs = Date.now();
-      stateFileBytes = (await stat(stateFile)).size;
+    try {
+      stop = await haltParent(parent, signal, runState);
+      for (const snapshot of snapshots) {
+        const { undo: merge } = await snapshot.commitAtHalt(signal);
+        if (merge) haltUndos.push(merge);
+      }
+      if (name === 'stop-the-world') {
+        const stateFile = path.join(workDir, 'state.migration');
+        await parent.execute('migrate', { uri: `exec:cat > '${stateFile}'` }, { signal });
+        await waitForMigrationCompleted(parent, signal);
+        stateCompleteAtMs = Date.now();
+        stateFileBytes = (await stat(stateFile)).size;
+      }
+      await parent.execute('cont', undefined, { signal });
+      resumed = await runState.next((event) => event.event === 'RESUME', signal);
+    } finally {
+      runState.close();
     }
-    const resumeSince = Date.now() - 1;
-    await parent.execute('cont', undefined, { signal });
-    const resumed = await parent.waitForEvent((event) => event.event === 'RESUME', signal, resumeSince);
-    undo.release('resume the parent');
-    undo.release('resume the parent');
     if (restoreSettings) {
       await restoreSettings();
-      undo.release('restore migration settings');
+      settingsUndo?.release();
     }
     for (const snapshot of snapshots) {
       const dest = path.join(workDir, `${snapshot.disk.id}.image.${snapshotFormat(snapshot.disk)}`);
@@ -104,21 +114,19 @@ export async function runBaseline(name: BaselineName, options: BaselineOptions):
       await describeImage(dest, snapshotFormat(snapshot.disk), signal);
     }
     const imageReadyAtMs = Date.now();
-    for (const snapshot of snapshots) {
-      await snapshot.finish(signal, () => {});
-      undo.release(`merge the parent overlay of ${snapshot.disk.id}`);
-    }
+    for (const snapshot of snapshots) await snapshot.finish(signal, () => {});
+    succeeded = true;
     return {
       haltedAtMs: stop.timestampMs,
       resumedAtMs: resumed.timestampMs,
-      downtimeMs: round(resumed.timestampMs - stop.timestampMs),
+      downtimeMs: roundMs(resumed.timestampMs - stop.timestampMs),
       stateCompleteAtMs,
       imageReadyAtMs,
       stateFileBytes,
       consistency: name === 'stop-the-world' ? 'RAM + disk (resumable)' : 'crash-consistent',
     };
   } finally {
-    const failed = await undo.unwind();
+    const failed = await undo.unwind({ failed: !succeeded, signal: AbortSignal.timeout(10 * 60_000) });
     if (failed.length) log.error({ failed }, 'baseline clean-up steps failed');
   }
 }

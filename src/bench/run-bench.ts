@@ -9,7 +9,7 @@ import { FAST_BANDWIDTH } from '../forker/migration-config.js';
 import type { StrategyName } from '../forker/strategy.js';
 import { JobEventStream } from '../jobs/events.js';
 import { newJobId, runSnapshotJob } from '../jobs/snapshot-job.js';
-import { newestPatchedBuild, resolveQemuBinary } from '../qemu/binary.js';
+import { patchedBuilds, resolveQemuBinary } from '../qemu/binary.js';
 import { isAlive } from '../qemu/process-info.js';
 import { QmpClient } from '../qmp/client.js';
 import { deleteSnapshot } from '../snapshot/store.js';
@@ -53,7 +53,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const loadAvgStart = os.loadavg();
   const methods = options.methods ?? BENCH_METHODS;
   const binary = await resolveQemuBinary(resolvePaths());
-  const patched = binary === (await newestPatchedBuild(resolvePaths()));
+  const patched = (await patchedBuilds(resolvePaths())).some((build) => build.binary === binary);
   options.print(`QEMU: ${binary}${patched ? ' (patched build)' : ''}`);
   let version = 'unknown';
   const sizes: SizeResult[] = [];

@@ -4,32 +4,38 @@ import type { z } from 'zod';
 import { isFinished, jobRequestSchema, type JobRecord, type JobRequest } from '../jobs/job-record.js';
 import { parseWith } from '../server/http-io.js';
 import { checkJobRequest, runJob } from '../jobs/run-job.js';
+import { loadConfiguredHooks } from '../hooks/configured-hooks.js';
 import { newJobId } from '../jobs/snapshot-job.js';
-import type { SnapshotMeta } from '../snapshot/store.js';
+import { snapshotDir } from '../config.js';
+import { toSnapshotView, type SnapshotView } from '../snapshot/store.js';
 import type { CliContext } from './context.js';
 import { daemonFor, errorFromAnswer, type DaemonClient } from './daemon-client.js';
 
 /**
  * `forksnap snapshot create`: through the daemon when one answers (the job is queued there and
  * its events come over the WebSocket), else in-process. Either way the same events, in the same
- * order, reach `onEvent`, and the result is the snapshot's metadata (or the job's error, rethrown
- * with its code, so the exit code is the same too).
+ * order, reach `onEvent`, and the result is the snapshot view (absolute image paths; or the job's
+ * error, rethrown with its code, so the exit code is the same too). Hooks too: the daemon runs
+ * those of its config; in-process, those of the same config file.
  */
-export async function createSnapshot(context: CliContext, options: z.input<typeof jobRequestSchema>, onEvent: (event: JobEvent) => void): Promise<SnapshotMeta> {
+export async function createSnapshot(context: CliContext, options: z.input<typeof jobRequestSchema>, onEvent: (event: JobEvent) => void): Promise<SnapshotView> {
   // The daemon validates its requests with this schema: in-process the same checks apply.
   const request = parseWith(jobRequestSchema, options, 'snapshot options');
   const daemon = await daemonFor(context);
   if (daemon) return createThroughDaemon(daemon, context, request, onEvent);
   await checkJobRequest(context.paths, request);
+  // In-process jobs run the hooks of the config file the daemon would read (--config, else
+  // $FORKSNAP_CONFIG, else /etc/forksnap/config.yaml if present), as a daemon job would.
+  const { hooks, file } = await loadConfiguredHooks(context.values.config as string | undefined, request.vm);
+  if (hooks.pre.length + hooks.post.length > 0) context.log.info({ config: file, pre: hooks.pre.length, post: hooks.post.length }, 'running the configured hooks in-process');
   const id = newJobId();
   const events = new JobEventStream(id);
   events.subscribe(onEvent);
   events.emit({ type: 'job-accepted', vm: request.vm, queuePosition: 0, trigger: 'cli' });
-  const { dir: _dir, ...meta } = await runJob({ id, request, trigger: 'cli', paths: context.paths, log: context.log, signal: context.signal, events });
-  return meta;
+  return runJob({ id, request, trigger: 'cli', hooks, paths: context.paths, log: context.log, signal: context.signal, events });
 }
 
-async function createThroughDaemon(daemon: DaemonClient, context: CliContext, request: JobRequest, onEvent: (event: JobEvent) => void): Promise<SnapshotMeta> {
+async function createThroughDaemon(daemon: DaemonClient, context: CliContext, request: JobRequest, onEvent: (event: JobEvent) => void): Promise<SnapshotView> {
   const accepted = await daemon.request<JobRecord>('POST', '/v1/jobs', request, { 'x-forksnap-trigger': 'cli' });
   const job = accepted.id;
   const cancel = () => {
@@ -42,7 +48,11 @@ async function createThroughDaemon(daemon: DaemonClient, context: CliContext, re
     context.signal.removeEventListener('abort', cancel);
   }
   const record = await daemon.request<JobRecord>('GET', `/v1/jobs/${encodeURIComponent(job)}`);
-  if (record.status === 'succeeded' && record.snapshot) return record.snapshot;
+  if (record.status === 'succeeded' && record.snapshot) {
+    // The daemon answers with the view; a daemon of an older forksnap only with the metadata.
+    const dir = (record.snapshot as Partial<SnapshotView>).dir ?? snapshotDir(context.paths, record.snapshot.id);
+    return toSnapshotView(record.snapshot, dir);
+  }
   throw errorFromAnswer({ error: { code: record.error?.code ?? 'INTERNAL', message: record.error?.message ?? `job ${job} ended ${record.status}`, context: { job, vm: record.vm, ...(record.error?.phase ? { phase: record.error.phase } : {}), ...(record.snapshotId ? { snapshotId: record.snapshotId } : {}) } } }, 500);
 }
 

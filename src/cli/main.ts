@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { resolvePaths } from '../config.js';
 import { ForksnapError } from '../errors.js';
 import { configureLogging } from '../log.js';
+import { recoverCommand } from './recover-command.js';
 import { serveCommand } from './serve-command.js';
 import { demoCommand } from './demo-command.js';
 import { benchCommand } from './bench-command.js';
@@ -16,16 +17,22 @@ const USAGE = `forksnap — fully consistent snapshots of running QEMU VMs
 Usage:
   forksnap vm start SPEC.json                      start a VM from a spec file
   forksnap vm attach NAME --qmp SOCKET [--pid PID] adopt a running QEMU
+  forksnap vm attach NAME --libvirt DOMAIN [--connect URI]  adopt a libvirt domain (default URI qemu:///system)
   forksnap vm list                                 list VMs
   forksnap vm stop NAME [--powerdown]              stop a VM
   forksnap vm remove NAME                          forget a stopped VM
   forksnap snapshot create VM [--name ID] [--strategy auto|fork|background-snapshot|precopy]
-                              [--disk-backend auto|reflink|qcow2-overlay] [--shutdown-timeout SEC]
+                              [--disk-backend auto|reflink|fleecing] [--shutdown-timeout SEC] [--space-reserve MIB]
                               [--keep-crash-image] [--label KEY=VALUE]... [--max-bandwidth MIB_PER_S]
+                              [--require-clean] [--verify] [--full]
   forksnap snapshot list [VM]                      list snapshots
   forksnap snapshot show ID                        show a snapshot's metadata
+  forksnap snapshot verify ID                      re-check a stored snapshot: checksums, qemu-img check, guest filesystems
+  forksnap snapshot export ID --disk DISK --to FILE [--format qcow2|raw]  a self-contained copy of one disk
+  forksnap snapshot export ID --disk DISK --nbd SOCKET  serve one disk read-only over NBD until SIGINT/SIGTERM
   forksnap snapshot delete ID                      delete a snapshot's images and metadata
   forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
+  forksnap recover [VM]                            unwind interrupted jobs (their forksnap process died) from their journals
   forksnap strategies VM                           capture strategies this VM's QEMU supports
   forksnap demo [--memory MIB] [--strategy S] [--keep]  boot the demo guest, snapshot it under load, verify
   forksnap demo --db [--strategy S]                PostgreSQL under load: snapshot, boot it, compare with disk-only
@@ -41,7 +48,9 @@ Global options:
   --socket PATH       daemon socket (default $FORKSNAP_SOCKET or <state-dir>/forksnap.sock); commands use
                       the daemon when it answers there, else run in-process
   --no-daemon         always run in-process
-Exit codes: 0 ok, 1 failure, 2 bad input, 3 refused (precondition), 4 not found, 5 a hook failed, 130 cancelled.
+Exit codes: 0 ok, 1 failure, 2 bad input, 3 refused (precondition), 4 not found, 5 a hook failed,
+  6 snapshot kept but crash-consistent, 7 not clean with --require-clean (nothing kept),
+  8 verification failed, 130 cancelled.
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -58,6 +67,8 @@ export async function main(argv: string[]): Promise<number> {
         'log-file': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
         qmp: { type: 'string' },
+        libvirt: { type: 'string' },
+        connect: { type: 'string' },
         pid: { type: 'string' },
         powerdown: { type: 'boolean', default: false },
         name: { type: 'string' },
@@ -65,7 +76,15 @@ export async function main(argv: string[]): Promise<number> {
         'disk-backend': { type: 'string' },
         'shutdown-timeout': { type: 'string' },
         'max-bandwidth': { type: 'string' },
+        'space-reserve': { type: 'string' },
         'keep-crash-image': { type: 'boolean', default: false },
+        'require-clean': { type: 'boolean', default: false },
+        verify: { type: 'boolean', default: false },
+        full: { type: 'boolean', default: false },
+        disk: { type: 'string' },
+        to: { type: 'string' },
+        format: { type: 'string' },
+        nbd: { type: 'string' },
         label: { type: 'string', multiple: true },
         vm: { type: 'string' },
         restart: { type: 'boolean', default: false },
@@ -99,8 +118,10 @@ export async function main(argv: string[]): Promise<number> {
     log.warn({ signal }, 'signal received: cancelling, the parent VM will be resumed and temporary files removed');
     controller.abort(new ForksnapError('CANCELLED', `cancelled by ${signal}`, { signal }));
   };
+  // SIGHUP (the SSH session or terminal went away) unwinds like SIGINT/SIGTERM.
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
   const context: CliContext = { paths: resolvePaths({ stateDir: values['state-dir'] }), log, json: values.json ?? false, signal: controller.signal, values };
   try {
     const [group, command, ...rest] = positionals;
@@ -108,6 +129,7 @@ export async function main(argv: string[]): Promise<number> {
     if (group === 'snapshot') return await snapshotCommands(context, command, rest);
     if (group === 'demo') return await demoCommand(context);
     if (group === 'bench') return await benchCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
+    if (group === 'recover') return await recoverCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
     if (group === 'strategies') return await snapshotCommands(context, 'strategies', [command ?? '', ...rest]);
     if (group === 'serve') return await serveCommand(context, [command, ...rest].filter((arg): arg is string => arg !== undefined));
     throw new ForksnapError('INVALID_INPUT', `unknown command "${group}"; see forksnap --help`, { command: group });
@@ -116,5 +138,6 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('SIGHUP', onSignal);
   }
 }

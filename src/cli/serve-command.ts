@@ -9,7 +9,7 @@ const USAGE = 'forksnap serve [--config FILE] [--socket PATH] [--listen HOST:POR
 
 /**
  * `forksnap serve`: the long-running daemon. Prints one JSON line {"listening": …} on stdout once
- * it accepts requests; logs (pino JSON) go to stderr. The first SIGTERM/SIGINT stops accepting
+ * it accepts requests; logs (pino JSON) go to stderr. The first SIGTERM/SIGINT/SIGHUP stops accepting
  * jobs and lets running ones finish within jobs.shutdownGraceSeconds (then cancels and unwinds
  * them); a second one cancels them at once.
  */
@@ -44,6 +44,7 @@ export async function serveCommand(context: CliContext, rest: string[]): Promise
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  process.on('SIGHUP', onSignal);
   try {
     await new Promise<void>((resolve) => {
       if (context.signal.aborted) resolve();
@@ -53,6 +54,7 @@ export async function serveCommand(context: CliContext, rest: string[]): Promise
   } finally {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    process.off('SIGHUP', onSignal);
   }
   return 0;
 }

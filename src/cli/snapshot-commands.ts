@@ -1,18 +1,21 @@
-import { ForksnapError } from '../errors.js';
+import { EXIT_CODES, ForksnapError } from '../errors.js';
 import { supportedStrategies } from '../forker/choose-strategy.js';
 import { STRATEGY_NAMES, type StrategyName } from '../forker/strategy.js';
-import { QmpClient } from '../qmp/client.js';
-import type { DiskBackendName } from '../snapshot/disk-backend.js';
+import { jobRequestSchema, type JobRequest } from '../jobs/job-record.js';
 import { revertToSnapshot } from '../snapshot/revert.js';
-import { deleteSnapshot, listSnapshots, loadSnapshot, type SnapshotMeta } from '../snapshot/store.js';
+import { deleteSnapshot, listSnapshots, loadSnapshot, type SnapshotView } from '../snapshot/store.js';
+import { verifySnapshot } from '../snapshot/verify.js';
+import { exportToFile, serveNbd } from '../snapshot/export.js';
 import { validateName } from '../validate-name.js';
 import { loadVm } from '../vm/registry.js';
+import { endpointOf, openVmQmp } from '../vm/vm-qmp.js';
 import { refuseExtra, requireArg, type CliContext } from './context.js';
 import { createSnapshot } from './create-snapshot.js';
 import { viaDaemon } from './daemon-client.js';
 import { eventRenderer, printJson, printTable } from './output.js';
 
-const BACKENDS = ['auto', 'reflink', 'qcow2-overlay'] as const;
+/** What the job request accepts (job-record.ts), so the CLI and the API take the same backends. */
+const BACKENDS = jobRequestSchema.shape.diskBackend.unwrap().options;
 
 function parseChoice<T extends string>(value: unknown, allowed: readonly T[], flag: string): T {
   if (value === undefined) return allowed[0]!;
@@ -34,16 +37,18 @@ export async function snapshotCommands(context: CliContext, command: string | un
   const { paths, log, json, values } = context;
   switch (command) {
     case 'create': {
-      const usage = 'forksnap snapshot create VM [--name ID] [--strategy S] [--disk-backend B] [--shutdown-timeout SEC] [--keep-crash-image] [--label K=V]';
+      const usage = 'forksnap snapshot create VM [--name ID] [--strategy S] [--disk-backend B] [--shutdown-timeout SEC] [--keep-crash-image] [--label K=V] [--require-clean] [--verify]';
       const [vm, ...extra] = rest;
       refuseExtra(extra, usage);
       validateName('VM', requireArg(vm, 'VM', usage));
       const strategy = parseChoice(values.strategy ?? 'auto', ['auto', ...STRATEGY_NAMES] as const, '--strategy') as StrategyName | 'auto';
-      const diskBackend = parseChoice(values['disk-backend'] ?? 'auto', BACKENDS, '--disk-backend') as DiskBackendName | 'auto';
+      const diskBackend = parseChoice(values['disk-backend'] ?? 'auto', BACKENDS, '--disk-backend') as JobRequest['diskBackend'];
       const timeoutText = values['shutdown-timeout'] as string | undefined;
       if (timeoutText !== undefined && !/^\d+(\.\d+)?$/.test(timeoutText)) throw new ForksnapError('INVALID_INPUT', `--shutdown-timeout must be a number of seconds, not "${timeoutText}"`, {});
       const bandwidthText = values['max-bandwidth'] as string | undefined;
       if (bandwidthText !== undefined && !/^\d+(\.\d+)?$/.test(bandwidthText)) throw new ForksnapError('INVALID_INPUT', `--max-bandwidth must be a number of MiB/s, not "${bandwidthText}"`, {});
+      const reserveText = values['space-reserve'] as string | undefined;
+      if (reserveText !== undefined && !/^\d+$/.test(reserveText)) throw new ForksnapError('INVALID_INPUT', `--space-reserve must be a whole number of MiB, not "${reserveText}"`, {});
       const name = values.name as string | undefined;
       if (name !== undefined) validateName('snapshot', name);
       const renderer = eventRenderer(json || !process.stderr.isTTY ? 'json-lines' : 'tty');
@@ -58,11 +63,16 @@ export async function snapshotCommands(context: CliContext, command: string | un
           labels: parseLabels(values.label),
           maxBandwidth: bandwidthText ? Math.round(Number(bandwidthText) * 1048576) : undefined,
           shutdownTimeoutSeconds: timeoutText ? Number(timeoutText) : undefined,
+          requireClean: values['require-clean'] === true,
+          verify: values.verify === true,
+          ...(reserveText !== undefined ? { spaceReserveMiB: Number(reserveText) } : {}),
         }, renderer.onEvent);
         renderer.stop();
+        // The last line: the snapshot view (schemaVersion, absolute image paths), README "JSON results".
         if (json || !process.stderr.isTTY) process.stdout.write(`${JSON.stringify({ type: 'result', snapshot: meta })}\n`);
-        else process.stdout.write(`snapshot ${meta.id}: ${meta.consistency}, parent downtime ${meta.parentDowntimeMs} ms, strategy ${meta.strategy}, image ready ${(meta.timeToImageMs / 1000).toFixed(1)} s after the halt\n`);
-        return 0;
+        else process.stdout.write(`snapshot ${meta.id}: ${meta.consistency}${meta.consistency === 'clean' ? '' : ` (${meta.consistencyReason})`}, parent downtime ${meta.parentDowntimeMs} ms, strategy ${meta.strategy}, image ready ${(meta.timeToImageMs / 1000).toFixed(1)} s after the halt${meta.verification ? `, verification ${meta.verification.verdict}` : ''}\n`);
+        // A kept snapshot that is not clean is not a plain success: its own exit code (README).
+        return meta.consistency === 'clean' ? EXIT_CODES.OK : EXIT_CODES.CRASH_CONSISTENT;
       } finally {
         renderer.stop();
       }
@@ -71,7 +81,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const [vm, ...extra] = rest;
       refuseExtra(extra, 'forksnap snapshot list [VM]');
       if (vm) validateName('VM', vm);
-      const metas = await viaDaemon(context, (daemon) => daemon.request<SnapshotMeta[]>('GET', `/v1/snapshots${vm ? `?vm=${encodeURIComponent(vm)}` : ''}`), () => listSnapshots(paths, vm));
+      const metas = await viaDaemon(context, (daemon) => daemon.request<SnapshotView[]>('GET', `/v1/snapshots${vm ? `?vm=${encodeURIComponent(vm)}` : ''}`), () => listSnapshots(paths, vm));
       if (json) printJson(metas);
       else printTable(metas.map((m) => ({ id: m.id, vm: m.vm, created: m.createdAt, consistency: m.consistency, strategy: m.strategy, 'downtime ms': m.parentDowntimeMs, disks: m.disks.length })), ['id', 'vm', 'created', 'consistency', 'strategy', 'downtime ms', 'disks']);
       return 0;
@@ -81,13 +91,58 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const [id, ...extra] = rest;
       refuseExtra(extra, usage);
       requireArg(id, 'ID', usage);
-      const meta = await viaDaemon(context, (daemon) => daemon.request<SnapshotMeta & { dir: string }>('GET', `/v1/snapshots/${encodeURIComponent(id!)}`), () => loadSnapshot(paths, id!));
+      const meta = await viaDaemon(context, (daemon) => daemon.request<SnapshotView>('GET', `/v1/snapshots/${encodeURIComponent(id!)}`), () => loadSnapshot(paths, id!));
       if (json) printJson(meta);
       else {
         process.stdout.write(`${meta.id}\n  vm:           ${meta.vm}\n  created:      ${meta.createdAt}\n  consistency:  ${meta.consistency} (${meta.consistencyReason})\n  strategy:     ${meta.strategy}\n  downtime:     ${meta.parentDowntimeMs} ms\n  state ready:  ${meta.timeToStateMs} ms after the halt\n  image ready:  ${meta.timeToImageMs} ms after the halt\n  phases (ms):  ${Object.entries(meta.phasesMs).map(([k, v]) => `${k}=${Math.round(v)}`).join(' ')}\n`);
-        for (const disk of meta.disks) process.stdout.write(`  disk ${disk.id}: ${meta.dir}/${disk.image.file} (${disk.image.format}, ${disk.image.sizeBytes} bytes, sha256 ${disk.image.sha256}) from ${disk.source} via ${disk.backend}\n`);
+        for (const disk of meta.disks) process.stdout.write(`  disk ${disk.id}: ${disk.image.path} (${disk.image.format}, ${disk.image.sizeBytes} bytes, sha256 ${disk.image.sha256}) from ${disk.source} via ${disk.backend}\n`);
+        for (const disk of meta.disks) if (disk.crashImage) process.stdout.write(`  disk ${disk.id} at the halt (crash-consistent): ${disk.crashImage.path}\n`);
+        process.stdout.write(`  verification: ${meta.verification ? `${meta.verification.verdict} at ${meta.verification.at}` : 'never verified (forksnap snapshot verify)'}\n`);
       }
       return 0;
+    }
+    case 'verify': {
+      const usage = 'forksnap snapshot verify ID [--json]';
+      const [id, ...extra] = rest;
+      refuseExtra(extra, usage);
+      requireArg(id, 'ID', usage);
+      // In-process even when a daemon runs: it only reads the store (and writes the verdict into meta.json).
+      const { verification } = await verifySnapshot(paths, validateName('snapshot', id!), { signal: context.signal, log });
+      if (json) printJson({ id, ...verification });
+      else {
+        printTable(verification.checks.map((check) => ({ disk: check.disk, check: check.check, target: check.target, status: check.status, detail: check.detail })), ['disk', 'check', 'target', 'status', 'detail']);
+        process.stdout.write(`snapshot ${id}: verification ${verification.verdict} (${verification.durationMs} ms)\n`);
+      }
+      return verification.verdict === 'passed' ? EXIT_CODES.OK : EXIT_CODES.VERIFY_FAILED;
+    }
+    case 'export': {
+      const usage = 'forksnap snapshot export ID --disk DISK (--to FILE [--format qcow2|raw] | --nbd SOCKET)';
+      const [id, ...extra] = rest;
+      refuseExtra(extra, usage);
+      requireArg(id, 'ID', usage);
+      validateName('snapshot', id!);
+      const disk = requireArg(values.disk as string | undefined, '--disk DISK', usage);
+      const to = values.to as string | undefined;
+      const nbd = values.nbd as string | undefined;
+      if ((to === undefined) === (nbd === undefined)) throw new ForksnapError('INVALID_INPUT', `give exactly one of --to FILE and --nbd SOCKET; usage: ${usage}`, {});
+      if (values.format !== undefined && to === undefined) throw new ForksnapError('INVALID_INPUT', '--format applies to --to FILE only (NBD serves the guest disk itself)', {});
+      // In-process even when a daemon runs: the export belongs to this command's lifetime.
+      if (to !== undefined) {
+        const format = values.format === undefined ? undefined : parseChoice(values.format, ['qcow2', 'raw'] as const, '--format');
+        const exported = await exportToFile(paths, id!, disk, to, { format, signal: context.signal, log });
+        if (json) printJson(exported);
+        else process.stdout.write(`disk ${disk} of snapshot ${id} exported to ${exported.file} (${exported.format}, ${exported.sizeBytes} bytes)\n`);
+        return EXIT_CODES.OK;
+      }
+      // Serve until SIGINT/SIGTERM/SIGHUP (the context's signal); one JSON line once it accepts clients.
+      const served = await serveNbd(paths, id!, disk, nbd!, { signal: context.signal, log });
+      const serving = { snapshot: served.snapshot, disk: served.disk, socket: served.socket, exportName: served.exportName, uri: served.uri, pid: process.pid };
+      if (json) process.stdout.write(`${JSON.stringify({ serving })}\n`);
+      else process.stdout.write(`serving disk ${disk} of snapshot ${id} read-only at ${served.uri} (export "${served.exportName}"); stop with Ctrl-C or SIGTERM\n`);
+      await served.done;
+      if (!context.signal.aborted) throw new ForksnapError('TOOL_FAILED', `the NBD server of snapshot ${id} disk ${disk} stopped by itself (see the log)`, { snapshot: id, disk });
+      if (json) process.stdout.write(`${JSON.stringify({ stopped: { socket: served.socket } })}\n`);
+      return EXIT_CODES.OK;
     }
     case 'delete': {
       const usage = 'forksnap snapshot delete ID';
@@ -114,17 +169,18 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const [vm, ...extra] = rest;
       refuseExtra(extra, usage);
       const record = await loadVm(paths, requireArg(vm, 'VM', usage));
-      const qmp = await QmpClient.connect(record.qmpSocket, { log, signal: context.signal });
+      const connection = await openVmQmp(paths, record.name, endpointOf(record), { log, signal: context.signal });
+      const qmp = connection.qmp;
       try {
-        const result = await supportedStrategies(qmp, context.signal);
+        const result = await supportedStrategies(qmp, context.signal, record.pid);
         if (json) printJson(result);
         else printTable(STRATEGY_NAMES.map((name) => ({ strategy: name, supported: result.supported.includes(name) ? 'yes' : 'no', why: result.reasons[name] ?? '' })), ['strategy', 'supported', 'why']);
       } finally {
-        qmp.close();
+        connection.close();
       }
       return 0;
     }
     default:
-      throw new ForksnapError('INVALID_INPUT', `unknown snapshot command "${command ?? ''}"; one of create, list, show, delete, revert`, { command });
+      throw new ForksnapError('INVALID_INPUT', `unknown snapshot command "${command ?? ''}"; one of create, list, show, verify, export, delete, revert`, { command });
   }
 }

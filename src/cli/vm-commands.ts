@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { ForksnapError } from '../errors.js';
 import { isAlive } from '../qemu/process-info.js';
-import { attachVm } from '../vm/attach-vm.js';
+import { attachVm, DEFAULT_LIBVIRT_URI } from '../vm/attach-vm.js';
 import { listVms, loadVm, removeVm, type VmRecord } from '../vm/registry.js';
 import { loadVmSpec } from '../vm/spec.js';
 import { startVm } from '../vm/start-vm.js';
@@ -24,16 +24,22 @@ export async function vmCommands(context: CliContext, command: string | undefine
       return 0;
     }
     case 'attach': {
-      const usage = 'forksnap vm attach NAME --qmp SOCKET [--pid PID]';
+      const usage = 'forksnap vm attach NAME (--qmp SOCKET | --libvirt DOMAIN [--connect URI]) [--pid PID]';
       const [name, ...extra] = rest;
       refuseExtra(extra, usage);
-      const qmp = requireArg(values.qmp as string | undefined, '--qmp SOCKET', usage);
+      const qmp = values.qmp as string | undefined;
+      const domain = values.libvirt as string | undefined;
+      const uri = values.connect as string | undefined;
+      if (!qmp === !domain) throw new ForksnapError('INVALID_INPUT', `give exactly one of --qmp SOCKET or --libvirt DOMAIN; usage: ${usage}`, {});
+      if (uri && !domain) throw new ForksnapError('INVALID_INPUT', `--connect URI goes with --libvirt DOMAIN; usage: ${usage}`, {});
       const pidText = values.pid as string | undefined;
       if (pidText !== undefined && !/^\d+$/.test(pidText)) throw new ForksnapError('INVALID_INPUT', `--pid must be a process id, not "${pidText}"`, { pid: pidText });
       requireArg(name, 'NAME', usage);
-      const record = await viaDaemon(context, (daemon) => daemon.request<VmRecord>('POST', '/v1/vms', { name, qmpSocket: path.resolve(qmp), ...(pidText ? { pid: Number(pidText) } : {}) }), () => attachVm(paths, name!, { qmpSocket: qmp, pid: pidText ? Number(pidText) : undefined, log, signal: context.signal }));
+      const libvirt = domain ? { domain, uri: uri ?? DEFAULT_LIBVIRT_URI } : undefined;
+      const body = { name, ...(qmp ? { qmpSocket: path.resolve(qmp) } : {}), ...(libvirt ? { libvirt } : {}), ...(pidText ? { pid: Number(pidText) } : {}) };
+      const record = await viaDaemon(context, (daemon) => daemon.request<VmRecord>('POST', '/v1/vms', body), () => attachVm(paths, name!, { qmpSocket: qmp, libvirt, pid: pidText ? Number(pidText) : undefined, log, signal: context.signal }));
       if (json) printJson(record);
-      else process.stdout.write(`VM ${record.name} attached (pid ${record.pid}, ${record.disks.length} writable disk(s): ${record.disks.map((d) => d.path).join(', ')})\n`);
+      else process.stdout.write(`VM ${record.name} attached (pid ${record.pid}${record.libvirt ? `, libvirt domain ${record.libvirt.domain}` : ''}, ${record.disks.length} writable disk(s): ${record.disks.map((d) => d.path).join(', ')})\n`);
       return 0;
     }
     case 'list': {

@@ -1,6 +1,8 @@
-import { ForksnapError } from '../errors.js';
+import { readFile } from 'node:fs/promises';
+import { ForksnapError, isForksnapError } from '../errors.js';
 import type { QmpClient } from '../qmp/client.js';
 import { availableCapabilities } from './migration-config.js';
+import { sandboxRefusesFork } from '../qemu/sandbox-policy.js';
 import { backgroundSnapshotStrategy, forkStrategy } from './halt-then-migrate.js';
 import { precopyStrategy } from './precopy.js';
 import { STRATEGY_NAMES, type CaptureStrategy, type StrategyName } from './strategy.js';
@@ -9,8 +11,10 @@ import { STRATEGY_NAMES, type CaptureStrategy, type StrategyName } from './strat
  * Which strategies this QEMU (binary and host kernel) supports. A capability being listed is not
  * enough: background-snapshot needs userfaultfd write-protection from the kernel, which QEMU only
  * checks when the capability is switched on. So each candidate is switched on and off again.
+ * With the parent's pid, fork is also refused where the VM's seccomp sandbox (-sandbox spawn=deny)
+ * would refuse fork() or kill the VM for it (src/qemu/sandbox-policy.ts).
  */
-export async function supportedStrategies(qmp: QmpClient, signal?: AbortSignal): Promise<{ supported: StrategyName[]; reasons: Partial<Record<StrategyName, string>> }> {
+export async function supportedStrategies(qmp: QmpClient, signal?: AbortSignal, parentPid?: number): Promise<{ supported: StrategyName[]; reasons: Partial<Record<StrategyName, string>> }> {
   const caps = await availableCapabilities(qmp, signal);
   const supported: StrategyName[] = [];
   const reasons: Partial<Record<StrategyName, string>> = {};
@@ -23,20 +27,58 @@ export async function supportedStrategies(qmp: QmpClient, signal?: AbortSignal):
       supported.push(name);
       return;
     }
-    // Switch off everything that conflicts first is not our business here: probe in isolation.
+    // Probe in isolation: a capability the user has on (xbzrle, multifd) may conflict with this
+    // one, but the capture switches it off anyway. One command (QEMU validates the resulting set),
+    // and the user's settings are put back whatever happens.
+    const othersOn = [...caps].filter(([other, state]) => state && other !== capability).map(([other]) => other);
+    let switched = false;
     try {
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability, state: true }] }, { signal });
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability, state: false }] }, { signal });
+      await qmp.execute('migrate-set-capabilities', { capabilities: [...othersOn.map((other) => ({ capability: other, state: false })), { capability, state: true }] }, { signal });
+      switched = true;
       supported.push(name);
     } catch (error) {
-      reasons[name] = (error as Error).message;
+      // Only QEMU refusing the capability means "not supported"; a cancel, a timeout or a dropped
+      // connection is not an answer about this QEMU and is rethrown as it is.
+      if (signal?.aborted) throw signal.reason;
+      if (!isForksnapError(error, 'QMP_COMMAND_FAILED')) throw error;
+      reasons[name] = error.message;
+    } finally {
+      // Even when cancelled meanwhile: the user's capabilities go back (off first, then on).
+      if (switched) {
+        const restoreSignal = AbortSignal.timeout(5_000);
+        await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability, state: false }] }, { signal: restoreSignal });
+        if (othersOn.length) await qmp.execute('migrate-set-capabilities', { capabilities: othersOn.map((other) => ({ capability: other, state: true })) }, { signal: restoreSignal });
+      }
     }
   };
   await probe('fork', 'x-fork-snapshot');
+  const sandboxed = supported.includes('fork') && parentPid ? await sandboxRefusesFork(parentPid, qmp.version) : undefined;
+  if (sandboxed) {
+    supported.splice(supported.indexOf('fork'), 1);
+    reasons.fork = sandboxed;
+  }
   await probe('background-snapshot', 'background-snapshot');
+  if (reasons['background-snapshot'] && /not supported by host kernel/i.test(reasons['background-snapshot']) && parentPid) {
+    reasons['background-snapshot'] += await userfaultfdHint(parentPid);
+  }
   if (caps.has('pause-before-switchover')) supported.push('precopy');
   else reasons.precopy = 'this QEMU has no pause-before-switchover capability';
   return { supported, reasons };
+}
+
+/**
+ * Why a non-root QEMU (libvirt runs it as libvirt-qemu) cannot have userfaultfd: QEMU < 8.1 opens
+ * it with the syscall, which an unprivileged process only gets with vm.unprivileged_userfaultfd=1
+ * (newer QEMU also tries /dev/userfaultfd, which needs read/write access for its uid).
+ */
+async function userfaultfdHint(pid: number): Promise<string> {
+  const [status, sysctl] = await Promise.all([
+    readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''),
+    readFile('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').catch(() => ''),
+  ]);
+  const uid = Number(status.match(/^Uid:\s*(\d+)/m)?.[1] ?? 0);
+  if (uid === 0 || sysctl.trim() !== '0') return '';
+  return ` (this QEMU runs as uid ${uid}, and the host has vm.unprivileged_userfaultfd=0: an unprivileged QEMU gets no userfaultfd; \`sysctl vm.unprivileged_userfaultfd=1\` enables it, or use fork)`;
 }
 
 export function strategyByName(name: StrategyName): CaptureStrategy {
@@ -51,8 +93,8 @@ export function strategyByName(name: StrategyName): CaptureStrategy {
 }
 
 /** The requested strategy if supported, else the best supported one. */
-export async function chooseStrategy(qmp: QmpClient, requested: StrategyName | 'auto', signal?: AbortSignal): Promise<{ strategy: CaptureStrategy; supported: StrategyName[] }> {
-  const { supported, reasons } = await supportedStrategies(qmp, signal);
+export async function chooseStrategy(qmp: QmpClient, requested: StrategyName | 'auto', signal?: AbortSignal, parentPid?: number): Promise<{ strategy: CaptureStrategy; supported: StrategyName[] }> {
+  const { supported, reasons } = await supportedStrategies(qmp, signal, parentPid);
   if (requested !== 'auto') {
     if (!supported.includes(requested)) {
       throw new ForksnapError('STRATEGY_UNSUPPORTED', `strategy ${requested} is not available for this VM: ${reasons[requested] ?? 'unsupported'}; available: ${supported.join(', ') || 'none'}`, { requested, supported, reasons });

@@ -2,17 +2,23 @@ import { ForksnapError } from '../errors.js';
 import type { QemuChildProcess } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
 import { releaseWriteProtection } from './release-write-protection.js';
+import { backgroundSnapshotMayLeaveRamProtected } from '../qemu/qemu-version.js';
+import type { EventListener } from '../qmp/event-listener.js';
 import type { QmpEvent } from '../qmp/events.js';
-import { round, type PhaseTools } from '../jobs/phase-runner.js';
+import { roundMs } from '../util/round-ms.js';
+import type { PhaseTools } from './capture-phases.js';
 import type { CaptureContext, CaptureResult, CaptureStrategy, StrategyName } from './strategy.js';
 import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migration.js';
+import { resumeAtSnapshotPoint, waitForSnapshotPoint } from './wait-for-snapshot-point.js';
 
 /**
  * fork and background-snapshot: forksnap pauses the parent (QMP `stop` drains and flushes guest
  * I/O), snapshots the disks, then starts the migration. QEMU saves the device state, arms its
- * copy-on-write mechanism (fork(), or userfaultfd write-protection) and resumes the parent by
- * itself at once (bg_migration_vm_start_bh in 7.2 calls vm_start() unconditionally; the fork patch
- * does the same), long before the RAM has been streamed.
+ * copy-on-write mechanism (fork(), or userfaultfd write-protection) and then the parent resumes,
+ * long before the RAM has been streamed: QEMU 7.2's background-snapshot resumes it by itself
+ * (bg_migration_vm_start_bh calls vm_start() unconditionally); QEMUs that keep the run state they
+ * found (forksnap's patch series, background-snapshot from 9.0) leave it paused and say when the
+ * snapshot point is taken, and forksnap resumes it then (wait-for-snapshot-point.ts).
  */
 export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background-snapshot'>, capability: string, options: { usesWriteProtection: boolean }): CaptureStrategy {
   return {
@@ -20,38 +26,56 @@ export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background
     capabilities: { [capability]: true },
     async run(context: CaptureContext): Promise<CaptureResult> {
       const { parent, phases, timeouts } = context;
-      const stop = await phases.run('halt', timeouts.haltMs, ({ signal }) => haltParent(parent, signal));
-      await phases.run('disk-snapshot', timeouts.diskSnapshotMs, ({ signal }) => context.atHalt(signal));
-      return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
-        const attempt = async (strategy: StrategyName, usesWriteProtection: boolean, child: { child: QmpClient; childProcess: QemuChildProcess }) => {
-          try {
-            return await migrate(context, child, strategy, stop, signal, progress);
-          } catch (error) {
-            // A broken channel leaves 7.2's write-protection armed and the parent hung: release it
-            // before anyone tries to talk to the parent again.
-            if (usesWriteProtection) {
-              await releaseWriteProtection(context.parentPid, context.log);
-              await context.markWriteTrackingStale();
-            }
-            throw error;
-          }
-        };
-        try {
-          return await attempt(name, options.usesWriteProtection, { child: context.child, childProcess: context.childProcess });
-        } catch (error) {
-          const reason = forkRefused(error);
-          if (name !== 'fork' || !reason) throw error;
-          const replacement = await context.fallBackToBackgroundSnapshot(reason, signal);
-          return attempt('background-snapshot', true, replacement);
-        }
-      });
+      // Registered before `stop`: QEMU's RESUME (sent once copy-on-write is armed) can arrive
+      // before the reply to `migrate`.
+      const runState = parent.listen(['STOP', 'RESUME']);
+      try {
+        return await haltSnapshotCapture(context, runState);
+      } finally {
+        runState.close();
+      }
     },
   };
+
+  async function haltSnapshotCapture(context: CaptureContext, runState: EventListener): Promise<CaptureResult> {
+    const { parent, phases, timeouts } = context;
+    const stop = await phases.run('halt', timeouts.haltMs, ({ signal }) => {
+      context.willHalt();
+      return haltParent(parent, signal, runState);
+    });
+    // Ordering: the disks are frozen while the parent is halted and BEFORE the migration starts,
+    // so the disks and the RAM/device state are of the same instant.
+    await phases.run('disk-snapshot', timeouts.diskSnapshotMs, ({ signal }) => context.atHalt(signal));
+    return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
+      const attempt = async (strategy: StrategyName, usesWriteProtection: boolean, child: { child: QmpClient; childProcess: QemuChildProcess }) => {
+        try {
+          return await migrate(context, runState, child, strategy, stop, signal, progress);
+        } catch (error) {
+          // A broken channel leaves write-protection armed before QEMU 8.1 and the parent hung:
+          // release it before anyone tries to talk to the parent again.
+          if (usesWriteProtection && backgroundSnapshotMayLeaveRamProtected(context.parent.version)) {
+            await releaseWriteProtection(context.parentPid, context.log);
+            await context.markWriteTrackingStale();
+          }
+          throw error;
+        }
+      };
+      try {
+        return await attempt(name, options.usesWriteProtection, { child: context.child, childProcess: context.childProcess });
+      } catch (error) {
+        const reason = forkRefused(error);
+        if (name !== 'fork' || !reason) throw error;
+        const replacement = await context.fallBackToBackgroundSnapshot(reason, signal);
+        return attempt('background-snapshot', true, replacement);
+      }
+    });
+  }
 }
 
 /** Start the migration, see the parent resume, and wait until the child has the whole state. */
 async function migrate(
   context: CaptureContext,
+  runState: EventListener,
   { child, childProcess }: { child: QmpClient; childProcess: QemuChildProcess },
   strategy: StrategyName,
   stop: QmpEvent,
@@ -59,14 +83,28 @@ async function migrate(
   progress: PhaseTools['progress'],
 ): Promise<CaptureResult> {
   const { parent } = context;
+  context.willMigrate();
   await parent.execute('migrate', { uri: context.migrationUri }, { signal });
   // The RESUME comes from QEMU once the copy-on-write is armed; a failure before that leaves the
-  // parent paused, which the job's undo handles.
-  const resume = await Promise.race([
-    parent.waitForEvent((event) => event.event === 'RESUME', signal, stop.timestampMs),
-    waitForMigrationStatus(parent, childProcess, () => false, { signal }).then(() => undefined as never),
-  ]);
-  const downtimeMs = round(resume.timestampMs - stop.timestampMs);
+  // parent paused, which the job's undo handles. The status poll only watches for that failure.
+  const racing = new AbortController();
+  const watchSignal = AbortSignal.any([signal, racing.signal]);
+  let resume: QmpEvent;
+  try {
+    resume = await Promise.race([
+      runState.next((event) => event.event === 'RESUME', watchSignal),
+      waitForMigrationStatus(parent, childProcess, () => false, { signal: watchSignal }).then(() => undefined as never),
+      // A QEMU that keeps the run state it found (paused, by us) leaves the resume to us: forksnap's
+      // patch series, and background-snapshot from QEMU 9.0. The RESUME event then follows our `cont`.
+      waitForSnapshotPoint(parent, strategy, watchSignal).then(async () => {
+        await resumeAtSnapshotPoint(parent, watchSignal);
+        return new Promise<never>((_, reject) => watchSignal.addEventListener('abort', () => reject(watchSignal.reason), { once: true }));
+      }),
+    ]);
+  } finally {
+    racing.abort(new Error('parent resumed or capture failed'));
+  }
+  const downtimeMs = roundMs(resume.timestampMs - stop.timestampMs);
   context.parentResumed(downtimeMs);
   progress({ message: `parent resumed after ${downtimeMs} ms` });
   await waitForMigrationStatus(parent, childProcess, (status) => status === 'completed', { signal, onProgress: (transfer) => progress(transfer) });
@@ -84,12 +122,19 @@ function forkRefused(error: unknown): string | undefined {
   return /fork\(\) failed/.test(detail) ? detail.replace(/^.*?(x-fork-snapshot: fork\(\) failed[^.;]*).*$/s, '$1') : undefined;
 }
 
-/** `stop` and the STOP event that carries QEMU's own timestamp of the halt. */
-export async function haltParent(parent: QmpClient, signal: AbortSignal): Promise<QmpEvent> {
-  // QEMU stamps events with the host's real-time clock, the same clock as Date.now().
-  const since = Date.now() - 1;
-  await parent.execute('stop', undefined, { signal });
-  return parent.waitForEvent((event) => event.event === 'STOP', signal, since);
+/**
+ * `stop` and the STOP event that carries QEMU's own timestamp of the halt. Pass a listener opened
+ * earlier to keep watching the run state afterwards; else one is scoped to this call. Either way
+ * it is registered before `stop` is sent.
+ */
+export async function haltParent(parent: QmpClient, signal: AbortSignal, listener?: EventListener): Promise<QmpEvent> {
+  const stops = listener ?? parent.listen(['STOP']);
+  try {
+    await parent.execute('stop', undefined, { signal });
+    return await stops.next((event) => event.event === 'STOP', signal);
+  } finally {
+    if (!listener) stops.close();
+  }
 }
 
 export const backgroundSnapshotStrategy = haltThenMigrate('background-snapshot', 'background-snapshot', { usesWriteProtection: true });

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
-import type { PhaseRunner } from '../jobs/phase-runner.js';
 import type { QemuChildProcess } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
+import type { CapturePhaseRunner } from './capture-phases.js';
 
 /**
  * A capture strategy streams the parent's RAM and device state into the waiting child QEMU, and
@@ -24,9 +24,14 @@ export interface CaptureContext {
   readonly parentPid: number;
   /** The child is listening here (migrate-incoming already issued). */
   readonly migrationUri: string;
-  readonly phases: PhaseRunner;
+  /** Runs the strategy's steps (halt, disk-snapshot, capture, switchover) as the job's phases. */
+  readonly phases: CapturePhaseRunner;
   readonly timeouts: CaptureTimeouts;
   readonly log: Logger;
+  /** Called right before the strategy makes the parent pause (`stop`, or a migration that will pause it). */
+  willHalt(): void;
+  /** Called right before the strategy starts the parent's migration: from then on it is forksnap's. */
+  willMigrate(): void;
   /** Snapshot every disk; the strategy calls it while the parent is paused and flushed. */
   atHalt(signal: AbortSignal): Promise<void>;
   /**

@@ -23,6 +23,11 @@ export async function waitForMigrationStatus(
   options: { signal: AbortSignal; onProgress?: (progress: TransferProgress) => void; intervalMs?: number },
 ): Promise<MigrationInfo> {
   const childExit = child.exited.then((exit) => exit);
+  // The parent's last word after the child died: unknown (undefined) if it does not answer in 1 s.
+  const lastWord = (query: Promise<MigrationInfo>) => withDeadline(query, 1_000, () => undefined, options.signal).catch(() => {
+    if (options.signal.aborted) throw options.signal.reason;
+    return undefined;
+  });
   const childDied = (exited: { exitCode: number | undefined; signal: string | undefined }, status?: string, errorDesc?: string) =>
     new ForksnapError('CAPTURE_FAILED', `the child QEMU exited during the transfer (${exited.exitCode ?? exited.signal}); parent migration status ${status ?? 'unknown'}${errorDesc ? `: ${errorDesc}` : ''}. Child output: ${child.outputTail.slice(-500)}`, { childExit: exited, migrationStatus: status, errorDesc });
   for (;;) {
@@ -31,7 +36,7 @@ export async function waitForMigrationStatus(
     const query = parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo });
     const answer = await Promise.race([query.then((info) => ({ info })), childExit.then((exited) => ({ exited }))]);
     if ('exited' in answer) {
-      const last = await withDeadline(query, 1_000, () => undefined, options.signal).catch(() => undefined);
+      const last = await lastWord(query);
       if (last?.status && until(last.status)) return last;
       throw childDied(answer.exited, last?.status, last?.['error-desc']);
     }
@@ -51,7 +56,7 @@ export async function waitForMigrationStatus(
     const exited = await withDeadline(childExit, options.intervalMs ?? 100, () => undefined, options.signal);
     if (exited) {
       // Give the parent a moment to notice the broken channel, then report both sides.
-      const last = await withDeadline(parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo }), 1_000, () => undefined, options.signal).catch(() => undefined);
+      const last = await lastWord(parent.execute('query-migrate', undefined, { signal: options.signal, schema: migrationInfo }));
       if (last?.status && until(last.status)) return last;
       throw childDied(exited, last?.status, last?.['error-desc']);
     }

@@ -3,6 +3,7 @@ import {
   formatArgv, formatOpts, getOpt, impliedKeyFor, isJsonValue, optionProperties, parseOpts,
   type OptEntries, type QemuOption,
 } from '../qemu/command-line.js';
+import { ForksnapError } from '../errors.js';
 import type { ParentDisk, VmInventory } from '../vm/inspect.js';
 import { blockdevNodeName } from '../vm/inspect.js';
 
@@ -24,16 +25,26 @@ export interface ChildDisk {
   readonly format: 'raw' | 'qcow2';
 }
 
-/** Options dropped outright: monitors, daemonizing, displays, logging into the parent's files. */
+/**
+ * Options dropped outright: monitors, daemonizing, displays, logging into the parent's files.
+ * The confinement stays exactly as the parent's: -sandbox, -runas and -chroot are kept (and the
+ * child is spawned as the parent's uid/gid, see child-credentials.ts).
+ */
 const DROPPED = new Set([
   'daemonize', 'pidfile', 'qmp', 'qmp-pretty', 'monitor', 'mon', 'incoming', 'loadvm', 'S', 'vnc', 'spice',
-  'display', 'nographic', 'D', 'trace', 'd', 'chroot', 'runas', 'no-reboot', 'no-shutdown', 'full-screen',
+  'display', 'nographic', 'D', 'trace', 'd', 'no-reboot', 'no-shutdown', 'full-screen',
   'g', 'portrait', 'rotate', 'sdl', 'curses', 'preconfig',
 ]);
 
 export const CHILD_QMP_CHARDEV = 'forksnap-qmp';
 
-export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<string, ChildDisk>, qmpSocket: string): string[] {
+/**
+ * `incoming`: where the child listens for the state. By default `-incoming defer` (forksnap issues
+ * migrate-incoming after checking the child); a parent with -chroot gets its URI on the command
+ * line instead, since QEMU opens it before it chroots (a path given later would be resolved inside
+ * the chroot).
+ */
+export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<string, ChildDisk>, qmpSocket: string, settings: { incoming?: string } = {}): string[] {
   const { commandLine, cwd } = inventory;
   const disksByFile = new Map(inventory.disks.map((disk) => [disk.file, disk]));
   const replacedNodes = blockdevChainsToReplace(commandLine.options, inventory.disks);
@@ -48,6 +59,11 @@ export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<s
     if (DROPPED.has(option.name)) continue;
     const value = option.value;
     switch (option.name) {
+      case 'add-fd':
+        // File descriptors passed by the parent's manager (libvirt: chardev sockets and log files,
+        // taps, the monitor) exist only in the parent; what used them is replaced above and below.
+        // A reference left after the rewrite is refused by refuseInheritedDescriptors.
+        continue;
       case 'chardev': {
         const props = optionProperties(option);
         const id = String(props.id ?? '');
@@ -91,6 +107,12 @@ export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<s
         else if (type === 'user') options.push({ name: 'net', value: isolatedNetdev('user', '', Object.fromEntries(entries), 0).replace(/,id=,?/, ',').replace(/,$/, '') });
         continue;
       }
+      case 'fsdev':
+      case 'virtfs':
+        // A host directory shared with the guest: the child's orderly shutdown would write into the
+        // parent's share. The child gets it read-only (its writes fail inside the child only).
+        options.push({ name: option.name, value: readOnlyShare(value ?? '') });
+        continue;
       case 'audiodev': {
         const id = String(optionProperties(option).id ?? '');
         options.push({ name: 'audiodev', value: `none,id=${id}` });
@@ -143,9 +165,24 @@ export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<s
     { name: 'mon', value: `chardev=${CHILD_QMP_CHARDEV},mode=control` },
     { name: 'no-reboot' },
     { name: 'S' },
-    { name: 'incoming', value: 'defer' },
+    { name: 'incoming', value: settings.incoming ?? 'defer' },
   );
+  refuseInheritedDescriptors(options);
   return formatArgv({ binary: inventory.exe, options });
+}
+
+/**
+ * A descriptor the parent inherited from its manager (fd=N, vhostfd=N, /dev/fdset/N) cannot be
+ * given to the child. The rewrite replaces chardevs and netdevs, which is where libvirt uses them;
+ * anything else that still needs one (a disk or a device opened through an fd set) is refused.
+ */
+export function refuseInheritedDescriptors(options: readonly QemuOption[]): void {
+  for (const option of options) {
+    const value = option.value ?? '';
+    if (/\/dev\/fdset\/\d+/.test(value) || /(^|[,{"\s])(fd|fds|vhostfd|vhostfds)["]?\s*[=:]\s*"?\d/.test(value)) {
+      throw new ForksnapError('VM_UNSUPPORTED_DEVICE', `cannot clone this VM: -${option.name} ${value.slice(0, 160)} uses a file descriptor passed to the parent QEMU by its manager, which a second QEMU cannot be given`, { option: option.name, value });
+    }
+  }
 }
 
 /** Addressing options of user networking that shape its (migrated) state; everything reaching the host is dropped. */
@@ -164,6 +201,12 @@ function isolatedNetdev(type: string, id: string, props: Record<string, unknown>
     return formatOpts(kept).replace(/^type=/, '');
   }
   return `hubport,id=${id},hubid=${hubId}`;
+}
+
+function readOnlyShare(value: string): string {
+  const entries = parseOpts(value, 'fsdriver').filter(([key]) => key !== 'readonly');
+  entries.push(['readonly', 'on']);
+  return formatOpts(entries);
 }
 
 function isOn(value: unknown): boolean {

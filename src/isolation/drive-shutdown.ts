@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
-import type { Consistency } from '../jobs/events.js';
+import { errorMessage } from '../errors.js';
 import type { QemuChildProcess } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
+import type { QmpEvent } from '../qmp/events.js';
 import { withDeadline } from '../util/abort.js';
 
 /**
@@ -10,6 +11,8 @@ import { withDeadline } from '../util/abort.js';
  * press again and wait a grace period; then `quit`. Only a guest-initiated poweroff is labelled
  * `clean`; anything else (timeout, reset, panic, QEMU dying) is `crash-consistent`.
  */
+export type Consistency = 'clean' | 'crash-consistent';
+
 export interface ShutdownOutcome {
   readonly consistency: Consistency;
   readonly reason: string;
@@ -24,14 +27,31 @@ export async function driveShutdown(
 ): Promise<ShutdownOutcome> {
   const { signal, log } = options;
   const graceMs = options.graceMs ?? Math.min(30_000, Math.max(2_000, options.timeoutMs / 4));
-  const since = Date.now() - 1;
-  const shutdownEvent = child.waitForEvent((event) => event.event === 'SHUTDOWN' && event.data.guest === true, signal, since).then(
+  // Registered before `cont` and the first press: a guest can power off faster than the reply.
+  const shutdowns = child.listen(['SHUTDOWN']);
+  try {
+    return await pressAndWait(child, childProcess, shutdowns.next((event) => event.data.guest === true, signal), { ...options, graceMs });
+  } finally {
+    shutdowns.close();
+  }
+}
+
+async function pressAndWait(
+  child: QmpClient,
+  childProcess: QemuChildProcess,
+  guestShutdown: Promise<QmpEvent>,
+  options: { timeoutMs: number; graceMs: number; signal: AbortSignal; log: Logger; onProgress?: (message: string) => void },
+): Promise<ShutdownOutcome> {
+  const { signal, log, graceMs } = options;
+  const shutdownEvent = guestShutdown.then(
     (event) => ({ kind: 'shutdown' as const, reason: String(event.data.reason ?? 'unknown'), at: event.timestampMs }),
     (error: unknown) => {
       if (signal.aborted) throw signal.reason;
-      return { kind: 'gone' as const, reason: (error as Error).message, at: Date.now() };
+      return { kind: 'gone' as const, reason: errorMessage(error), at: Date.now() };
     },
   );
+  // Handled here too: if `cont` fails, nobody awaits the wait.
+  shutdownEvent.catch((error: unknown) => log.debug({ err: errorMessage(error) }, 'shutdown wait ended without the event'));
   const exited = childProcess.exited.then((exit) => ({ kind: 'exited' as const, reason: `QEMU exited (${exit.exitCode ?? exit.signal})`, at: Date.now() }));
   const within = (ms: number) => withDeadline(shutdownEvent, ms, () => ({ kind: 'timeout' as const, reason: '', at: Date.now() }), signal);
 
@@ -44,7 +64,12 @@ export async function driveShutdown(
   if (outcome.kind === 'timeout') {
     log.warn({ timeoutMs: options.timeoutMs }, 'guest did not power off; pressing the power button again');
     options.onProgress?.(`no poweroff after ${options.timeoutMs} ms; pressing again`);
-    if (child.state === 'ready') await child.execute('system_powerdown', undefined, { signal }).catch(() => {});
+    if (child.state === 'ready') {
+      await child.execute('system_powerdown', undefined, { signal }).catch((error: unknown) => {
+        if (signal.aborted) throw signal.reason;
+        log.warn({ err: errorMessage(error) }, 'second power-button press failed');
+      });
+    }
     presses++;
     outcome = await within(graceMs);
   }
@@ -62,6 +87,11 @@ export async function driveShutdown(
   const reason = outcome.kind === 'timeout'
     ? `the guest did not power off within ${options.timeoutMs + graceMs} ms after ${presses} presses of the power button; the child was stopped`
     : `the child QEMU went away before the guest powered off: ${outcome.reason}`;
-  if (child.state === 'ready') await child.execute('quit').catch(() => {});
+  if (child.state === 'ready') {
+    await child.execute('quit', undefined, { signal }).catch((error: unknown) => {
+      if (signal.aborted) throw signal.reason;
+      log.warn({ err: errorMessage(error) }, 'quit refused or unanswered; the job stops the child QEMU by signal');
+    });
+  }
   return { consistency: 'crash-consistent', reason, presses, guestShutdownMs: undefined };
 }

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ForksnapError } from '../errors.js';
 import type { QmpClient } from '../qmp/client.js';
-import { blockInfoList, cpuInfoFastList, memoryDeviceList, pciInfoList, qomListEntries, type PciDevice } from '../qmp/schemas.js';
+import { blockInfoList, cpuInfoFastList, memoryDeviceList, pciInfoList, qomListEntries } from '../qmp/schemas.js';
 
 /**
  * The child is started from the parent's command line. Devices hot-plugged into the parent at
@@ -41,14 +41,17 @@ async function describe(qmp: QmpClient, signal: AbortSignal): Promise<Descriptio
     qmp.execute('qom-list', { path: '/machine/peripheral' }, { signal, schema: qomListEntries }),
     qmp.execute('qom-list', { path: '/machine/peripheral-anon' }, { signal, schema: qomListEntries }),
   ]);
+  // Only the root buses' devices are compared by PCI address: QEMU's query-pci finds the devices
+  // behind a bridge or root port by its secondary bus number, which the guest's firmware assigns,
+  // so a fresh child (-S, nothing run yet) reports none of them (libvirt puts every device behind
+  // a pcie-root-port). Devices behind bridges are still compared, by QOM below: every
+  // user-created device with its id and type.
   const pciDevices: string[] = [];
-  const walk = (devices: PciDevice[]) => {
-    for (const device of devices) {
-      pciDevices.push(`PCI ${device.bus}:${device.slot}.${device.function} ${hex(device.id.vendor)}:${hex(device.id.device)}${device.qdev_id ? ` id=${device.qdev_id}` : ''}`);
-      if (device.pci_bridge?.devices) walk(device.pci_bridge.devices);
+  for (const bus of pci) {
+    for (const device of bus.devices) {
+      pciDevices.push(`PCI ${bus.bus}:${device.slot}.${device.function} ${hex(device.id.vendor)}:${hex(device.id.device)}${device.qdev_id ? ` id=${device.qdev_id}` : ''}`);
     }
-  };
-  for (const bus of pci) walk(bus.devices);
+  }
   const children = (entries: z.infer<typeof qomListEntries>) => entries.filter((entry) => entry.type.startsWith('child<')).map((entry) => `${entry.name} (${entry.type.slice(6, -1)})`);
   return {
     'PCI devices': pciDevices.sort(),

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { verifyChildMatchesParent } from '../isolation/verify-child.js';
-import { QemuChildProcess } from '../qemu/child-process.js';
+import { QemuChildProcess, type QemuTermination } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
 
 /**
@@ -18,6 +18,8 @@ export class ChildSlot {
     private readonly migrationUri: string,
     private readonly log: Logger,
     private readonly onSpawn: (pid: number) => Promise<void>,
+    /** The child listens from its command line (-incoming URI, not defer): no migrate-incoming. */
+    private readonly listensFromStart = false,
   ) {}
 
   async start(parent: QmpClient, signal: AbortSignal, options: { verify: boolean }): Promise<{ process: QemuChildProcess; qmp: QmpClient }> {
@@ -27,16 +29,24 @@ export class ChildSlot {
     const qmp = await process.connectQmp(this.qmpSocket, signal);
     this.qmp = qmp;
     if (options.verify) await verifyChildMatchesParent(parent, qmp, signal);
-    await qmp.execute('migrate-incoming', { uri: this.migrationUri }, { signal });
+    if (!this.listensFromStart) await qmp.execute('migrate-incoming', { uri: this.migrationUri }, { signal });
     return { process, qmp };
   }
 
-  /** Make sure the current child is gone (quit → SIGTERM → SIGKILL). Never throws. */
-  async stop(): Promise<void> {
+  /**
+   * Make sure the current child is gone (quit → SIGTERM → SIGKILL); resolves with how it ended
+   * (undefined: there was none). Throws QEMU_ABNORMAL_SHUTDOWN when it will not die; the child then
+   * stays in the slot, so a later stop (the undo) tries again and fails again rather than
+   * reporting it stopped.
+   */
+  async stop(): Promise<QemuTermination | undefined> {
     const { process, qmp } = this;
+    if (!process) return undefined;
+    const ended = await process.terminate(qmp);
     this.process = undefined;
     this.qmp = undefined;
-    if (process) await process.terminate(qmp);
     qmp?.close();
+    this.log.info({ pid: process.pid, by: ended.by, exitCode: ended.exitCode, signal: ended.signal }, 'child QEMU stopped');
+    return ended;
   }
 }

@@ -1,3 +1,5 @@
+import type { SnapshotView } from '../snapshot/store.js';
+
 /**
  * Typed progress events of a snapshot job: the CLI renders them (progress bar or JSON lines), the
  * daemon forwards them over WebSocket. Every event carries the job, a sequence number and a time.
@@ -12,10 +14,24 @@ export type Phase =
   | 'isolate'
   | 'shutdown'
   | 'materialise'
-  | 'merge'
+  | 'finish'
   | 'cleanup';
 
 export type Consistency = 'clean' | 'crash-consistent';
+
+/** The result of a snapshot job, one shape for success and failure (filled as far as the job got). */
+export interface JobResultFields {
+  durationMs: number;
+  /** Every phase's duration so far, ms. */
+  phasesMs: Record<string, number>;
+  downtimeMs?: number;
+  strategy?: string;
+  strategyFallback?: { from: string; reason: string };
+  consistency?: Consistency;
+  snapshotId?: string;
+  /** Clean-up steps that failed (the journal is kept for recovery). */
+  cleanupFailures?: string[];
+}
 
 export type JobEventBody =
   /** The job was taken (by the daemon's queue, or the CLI in-process); `queuePosition` 0 = runs now. */
@@ -29,8 +45,13 @@ export type JobEventBody =
   | { type: 'parent-resumed'; downtimeMs: number }
   | { type: 'strategy-fallback'; from: string; to: string; reason: string }
   | { type: 'verdict'; consistency: Consistency; reason: string }
-  | { type: 'job-done'; snapshotId: string; consistency: Consistency; downtimeMs: number; durationMs: number }
-  | { type: 'job-failed'; code: string; message: string; phase?: Phase | undefined };
+  /**
+   * `snapshot` (the snapshot view: absolute image paths, see store.ts) is set on the job's last
+   * event, once the snapshot is committed and the post hooks ran.
+   */
+  | ({ type: 'job-done'; snapshotId: string; consistency: Consistency; downtimeMs: number; durationMs: number; snapshot?: SnapshotView } & Partial<JobResultFields>)
+  /** A failed job carries the same result fields as job-done, as far as the job got (B, issue 13). */
+  | ({ type: 'job-failed'; code: string; message: string; phase?: Phase | undefined } & Partial<JobResultFields>);
 
 export type JobEvent = JobEventBody & { readonly job: string; readonly seq: number; readonly time: string };
 

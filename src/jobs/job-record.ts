@@ -21,12 +21,19 @@ export const jobRequestSchema = z.strictObject({
   vm: z.string(),
   snapshotId: z.string().optional(),
   strategy: z.enum(['auto', ...STRATEGY_NAMES]).default('auto'),
-  diskBackend: z.enum(['auto', 'reflink', 'qcow2-overlay']).default('auto'),
+  /** 'qcow2-overlay' is accepted as an alias of 'fleecing' (the backend it was replaced by). */
+  diskBackend: z.enum(['auto', 'reflink', 'fleecing', 'qcow2-overlay']).default('auto'),
   shutdownTimeoutSeconds: z.number().positive().max(24 * 3600).optional(),
   keepCrashImage: z.boolean().default(false),
   labels: z.record(z.string().regex(LABEL_KEY, 'label keys are 1-64 letters, digits, "_", "." or "-"'), z.string().max(256)).default({}),
   /** Migration bandwidth cap, bytes/s (limits the capture's load on the host). */
   maxBandwidth: z.number().int().min(65_536).optional(),
+  /** Free space (MiB) the fleecing / clone filesystem keeps while a view lives; default FORKSNAP_SPACE_RESERVE_MIB or 512. */
+  spaceReserveMiB: z.number().int().min(0).max(1 << 30).optional(),
+  /** A crash-consistent outcome fails the job (NOT_CLEAN) and keeps nothing (issue 12). */
+  requireClean: z.boolean().default(false),
+  /** Verify the snapshot once it is stored (`forksnap snapshot verify`); a failed check fails the job (VERIFY_FAILED) and the snapshot is kept with the verdict. */
+  verify: z.boolean().default(false),
 });
 export type JobRequest = z.infer<typeof jobRequestSchema>;
 

@@ -3,12 +3,14 @@ import { snapshotDir, type Paths } from '../config.js';
 import { ForksnapError, errorMessage, isForksnapError } from '../errors.js';
 import { runHookStage } from '../hooks/run-hooks.js';
 import { NO_HOOKS, type HookSet } from '../hooks/hook-spec.js';
-import { loadSnapshot, type SnapshotMeta } from '../snapshot/store.js';
+import { defaultSnapshotId } from '../snapshot/snapshot-id.js';
+import { deleteSnapshot, loadSnapshot, toSnapshotView, type SnapshotMeta, type SnapshotView, type Verification } from '../snapshot/store.js';
+import { verifySnapshot } from '../snapshot/verify.js';
 import { loadVm } from '../vm/registry.js';
 import { validateName } from '../validate-name.js';
 import { JobEventStream, type JobEvent, type JobEventBody } from './events.js';
 import type { JobRequest, JobTrigger } from './job-record.js';
-import { defaultSnapshotId, runSnapshotJob } from './snapshot-job.js';
+import { runSnapshotJob } from './snapshot-job.js';
 
 export interface RunJobOptions {
   readonly id: string;
@@ -25,7 +27,8 @@ export interface RunJobOptions {
   readonly onSnapshot?: (result: SnapshotResult) => void;
 }
 
-export type SnapshotResult = SnapshotMeta & { dir: string };
+/** The committed snapshot as programs see it (absolute image paths; store.ts). */
+export type SnapshotResult = SnapshotView;
 
 /**
  * What is refused before a job is accepted (by the daemon's queue or the in-process CLI alike):
@@ -75,12 +78,18 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
         keepCrashImage: request.keepCrashImage,
         labels: request.labels,
         maxBandwidth: request.maxBandwidth,
+        spaceReserveMiB: request.spaceReserveMiB,
         timeouts: request.shutdownTimeoutSeconds !== undefined ? { shutdownMs: request.shutdownTimeoutSeconds * 1000 } : {},
         paths,
         log: options.log,
         signal,
         events: inner,
       });
+      // --require-clean: a crash-consistent snapshot is a failure and is not kept.
+      if (request.requireClean && meta.consistency !== 'clean') {
+        await deleteSnapshot(paths, meta.id);
+        throw notCleanError(meta, options.id);
+      }
     } catch (error) {
       const failure = isForksnapError(error) ? { code: error.code, message: error.message } : { code: 'INTERNAL', message: errorMessage(error) };
       if (hooks.post.some((hook) => hook.runOnFailure) && !signal.aborted) {
@@ -90,10 +99,19 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
       }
       throw error;
     }
-    const result: SnapshotResult = { ...meta, dir: snapshotDir(paths, meta.id) };
+    let result: SnapshotResult = toSnapshotView(meta, snapshotDir(paths, meta.id));
+    if (request.verify) {
+      const verified = await verifySnapshot(paths, meta.id, { signal, log });
+      result = verified.snapshot;
+      if (verified.verification.verdict !== 'passed') {
+        options.onSnapshot?.(result);
+        throw new ForksnapError('VERIFY_FAILED', `snapshot ${meta.id} was stored but failed verification: ${describeFailedChecks(verified.verification)}; it is kept (see \`forksnap snapshot show ${meta.id}\`)`, { snapshotId: meta.id, job: options.id });
+      }
+    }
     options.onSnapshot?.(result);
     await runHookStage(hooks.post, { ...hookContext, stage: 'post', snapshot: result }, { signal, log, events });
-    events.emit(terminal ?? { type: 'job-done', snapshotId: meta.id, consistency: meta.consistency, downtimeMs: meta.parentDowntimeMs, durationMs: 0 });
+    const done = terminal?.type === 'job-done' ? terminal : { type: 'job-done' as const, snapshotId: meta.id, consistency: meta.consistency, downtimeMs: meta.parentDowntimeMs, durationMs: 0 };
+    events.emit({ ...done, snapshot: result });
     return result;
   } catch (error) {
     // A failure of the pipeline itself carries its own job-failed (with the phase); anything else
@@ -106,6 +124,15 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
     if (isForksnapError(error) && error.code === 'HOOK_FAILED' && snapshotId) Object.assign(error.context, { snapshotId });
     throw error instanceof Error ? error : new ForksnapError('INTERNAL', errorMessage(error));
   }
+}
+
+/** The failure a crash-consistent outcome becomes with requireClean (the snapshot is not kept). */
+export function notCleanError(outcome: { id?: string; consistency: string; consistencyReason: string }, job: string): ForksnapError {
+  return new ForksnapError('NOT_CLEAN', `the snapshot came out ${outcome.consistency} (${outcome.consistencyReason}) and a clean one was required (--require-clean): nothing was kept`, { job, consistency: outcome.consistency, reason: outcome.consistencyReason, ...(outcome.id ? { snapshotId: outcome.id } : {}) });
+}
+
+function describeFailedChecks(verification: Verification): string {
+  return verification.checks.filter((check) => check.status === 'failed').map((check) => `${check.disk} ${check.check} (${check.target}): ${check.detail}`).join('; ').slice(0, 1500);
 }
 
 function bodyOf(event: JobEvent): JobEventBody {

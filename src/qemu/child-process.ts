@@ -15,6 +15,16 @@ export interface QemuExit {
   readonly signal: string | undefined;
 }
 
+/**
+ * Which step of `terminate` ended the process: it had `exited` by itself (or during the first
+ * wait), it obeyed `quit`, or it needed SIGTERM or SIGKILL.
+ */
+export type TerminatedBy = 'exited' | 'quit' | 'SIGTERM' | 'SIGKILL';
+
+export interface QemuTermination extends QemuExit {
+  readonly by: TerminatedBy;
+}
+
 const OUTPUT_TAIL_BYTES = 8192;
 const SPAWN_OPTIONS = { reject: false, all: true, buffer: false, stdin: 'ignore', cleanup: true } as const;
 
@@ -67,28 +77,45 @@ export class QemuChildProcess {
       return await Promise.race([QmpClient.connect(socket, { log: this.log, signal: AbortSignal.any([signal, local.signal]), timeoutMs: 30_000 }), exitedFirst]);
     } finally {
       local.abort(new Error('settled'));
-      exitedFirst.catch(() => {});
+      exitedFirst.catch((error: unknown) => this.log.debug({ pid: this.subprocess.pid, err: (error as Error).message }, 'child QEMU exited after the QMP connect settled'));
     }
   }
 
   /**
-   * Make sure the process is gone: `quit` over QMP if a client is given, wait, SIGTERM, wait,
-   * SIGKILL, wait. Idempotent; never throws (logs instead), so it is safe in `finally`.
+   * Make sure the process is gone, as QEMU's machine.py does: `quit` over QMP if a client is given,
+   * wait, SIGTERM, wait, SIGKILL, wait. Resolves with the exit and the step that ended it.
+   * Idempotent. Throws QEMU_ABNORMAL_SHUTDOWN (with every step's outcome) when the process is still
+   * there after SIGKILL: the caller's undo then fails and the job journal is kept.
    */
-  async terminate(qmp?: QmpClient, graceMs = 3000): Promise<QemuExit> {
-    if (this.#exit) return this.#exit;
+  async terminate(qmp?: QmpClient, graceMs = 3000, killWaitMs = 10_000): Promise<QemuTermination> {
+    if (this.#exit) return { ...this.#exit, by: 'exited' };
+    const steps: string[] = [];
     if (qmp && qmp.state === 'ready') {
       // A hung or stopped QEMU never answers: the quit gets a deadline like every other step.
-      await withDeadline(qmp.execute('quit').catch(() => {}), graceMs, () => {});
-      if (await this.#waitExit(graceMs)) return this.#exit!;
+      const quit = qmp.execute('quit', undefined, { signal: AbortSignal.timeout(graceMs) }).then(
+        () => 'accepted',
+        (error: unknown) => `refused or unanswered: ${(error as Error).message}`,
+      );
+      steps.push(`quit: ${await quit}`);
+      if (await this.#waitExit(graceMs)) return { ...this.#exit!, by: 'quit' };
+    } else if (await this.#waitExit(0)) {
+      return { ...this.#exit!, by: 'exited' };
     }
-    this.subprocess.kill('SIGTERM');
-    if (await this.#waitExit(graceMs)) return this.#exit!;
+    steps.push(`SIGTERM: ${this.#signal('SIGTERM')}`);
+    if (await this.#waitExit(graceMs)) return { ...this.#exit!, by: 'SIGTERM' };
     this.log.warn({ pid: this.subprocess.pid }, 'child QEMU ignored SIGTERM; sending SIGKILL');
-    this.subprocess.kill('SIGKILL');
-    if (await this.#waitExit(10_000)) return this.#exit!;
-    this.log.error({ pid: this.subprocess.pid }, 'child QEMU did not die after SIGKILL');
-    return { exitCode: undefined, signal: 'unknown' };
+    steps.push(`SIGKILL: ${this.#signal('SIGKILL')}`);
+    if (await this.#waitExit(killWaitMs)) return { ...this.#exit!, by: 'SIGKILL' };
+    this.log.error({ pid: this.subprocess.pid, steps }, 'child QEMU did not die after SIGKILL');
+    throw new ForksnapError('QEMU_ABNORMAL_SHUTDOWN', `child QEMU ${this.subprocess.pid} is still there ${killWaitMs} ms after SIGKILL (${steps.join('; ')}); it may hold the snapshot images`, { pid: this.subprocess.pid, steps, outputTail: this.outputTail.slice(-500) });
+  }
+
+  #signal(name: 'SIGTERM' | 'SIGKILL'): string {
+    try {
+      return this.subprocess.kill(name) ? 'sent' : 'not sent (already exited)';
+    } catch (error) {
+      return `failed: ${(error as Error).message}`;
+    }
   }
 
   async #waitExit(ms: number): Promise<boolean> {

@@ -3,13 +3,14 @@ import { z } from 'zod';
 import { ForksnapError } from '../errors.js';
 import { timeoutSignal } from '../util/abort.js';
 import { QmpError } from './errors.js';
-import { EventHub, parseEvent, qmpEventWire, type QmpEvent } from './events.js';
+import { EventListener, type EventFilter } from './event-listener.js';
+import { EventHub, parseEvent, qmpEventWire } from './events.js';
 import { QmpTransport } from './transport.js';
 
 /**
  * QMP semantics on top of the transport: greeting, capabilities negotiation, commands with ids,
  * events. Pending commands live in a map keyed by id and all fail with QMP_DISCONNECTED when the
- * connection drops.
+ * connection drops, as do the scoped event listeners (`listen()`).
  *
  * States: connecting -> ready -> closed. Commands are only sent in `ready`.
  */
@@ -35,7 +36,9 @@ export class QmpClient {
   #state: QmpClientState = 'connecting';
   #nextId = 1;
   readonly #pending = new Map<string, Pending>();
+  /** Every event received, fanned out; its history is a record only (waits use `listen()`). */
   readonly events = new EventHub();
+  readonly #listeners = new Set<EventListener>();
   #closeError: Error | undefined;
   readonly #closed: Promise<void>;
   #markClosed!: () => void;
@@ -153,21 +156,19 @@ export class QmpClient {
   }
 
   /**
-   * Wait for an event matching `predicate`. Looks back into already received events from `sinceMs`
-   * (host clock) if given. Rejects with QMP_DISCONNECTED if the connection closes first.
+   * A scoped event listener: register it BEFORE sending the command whose event you wait for, then
+   * `listener.next(predicate, signal)`; close it (or `using` it) when done. It queues every event
+   * (matching `filter`) received after this call and fails with QMP_DISCONNECTED when the
+   * connection drops.
    */
-  async waitForEvent(predicate: (event: QmpEvent) => boolean, signal: AbortSignal, sinceMs?: number): Promise<QmpEvent> {
-    const local = new AbortController();
-    const combined = AbortSignal.any([signal, local.signal]);
-    const closed = this.#closed.then(() => {
-      throw new QmpError('QMP_DISCONNECTED', 'QMP connection closed while waiting for an event', { execute: '(wait for event)' }, undefined, undefined, { cause: this.#closeError });
-    });
-    try {
-      return await Promise.race([this.events.waitFor(predicate, combined, sinceMs), closed]);
-    } finally {
-      local.abort(new Error('wait finished'));
-      closed.catch(() => {});
+  listen(filter?: EventFilter): EventListener {
+    const listener = new EventListener(filter, () => this.#listeners.delete(listener));
+    if (this.#state === 'closed') {
+      listener.fail(this.#disconnected('(listen for events)'));
+      return listener;
     }
+    this.#listeners.add(listener);
+    return listener;
   }
 
   close(): void {
@@ -180,6 +181,7 @@ export class QmpClient {
       const parsed = parseEvent(event.data);
       this.log.debug({ qmpEvent: parsed.event, data: parsed.data }, 'qmp event');
       this.events.publish(parsed);
+      for (const listener of [...this.#listeners]) listener.deliver(parsed);
       return;
     }
     const ok = returnWire.safeParse(message);
@@ -210,6 +212,11 @@ export class QmpClient {
       this.#pending.delete(id);
       pending.reject(new QmpError('QMP_DISCONNECTED', `QMP connection closed while ${pending.sent.execute} was pending`, pending.sent, undefined, undefined, { cause: error }));
     }
+    for (const listener of [...this.#listeners]) listener.fail(this.#disconnected('(wait for event)'));
     this.#markClosed();
+  }
+
+  #disconnected(what: string): QmpError {
+    return new QmpError('QMP_DISCONNECTED', 'QMP connection closed while waiting for an event', { execute: what }, undefined, undefined, { cause: this.#closeError });
   }
 }

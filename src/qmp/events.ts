@@ -25,8 +25,9 @@ export function parseEvent(wire: z.infer<typeof qmpEventWire>): QmpEvent {
 type Listener = (event: QmpEvent) => void;
 
 /**
- * Fan-out of events to listeners, plus a history of recent events so a waiter that subscribes
- * a little late (after sending the command that triggers the event) still sees it.
+ * Fan-out of events to subscribers, plus a bounded history of recent events. The history is a
+ * record (for logs and failure reports), not a processing queue: a wait that must not miss an event
+ * registers a scoped listener (`QmpClient.listen`) before sending the command that triggers it.
  */
 export class EventHub {
   readonly #listeners = new Set<Listener>();
@@ -46,36 +47,8 @@ export class EventHub {
     return () => this.#listeners.delete(listener);
   }
 
-  /** Events seen so far whose timestamp is at or after `sinceMs` (host clock). */
-  since(sinceMs: number): QmpEvent[] {
-    return this.#history.filter((event) => event.timestampMs >= sinceMs);
-  }
-
-  /**
-   * Resolve with the first event matching `predicate` (looking back into history from `sinceMs`
-   * if given). Rejects with `signal.reason` on abort, or with `closedError()` when the hub closes.
-   */
-  waitFor(predicate: (event: QmpEvent) => boolean, signal: AbortSignal, sinceMs?: number): Promise<QmpEvent> {
-    if (sinceMs !== undefined) {
-      const seen = this.since(sinceMs).find(predicate);
-      if (seen) return Promise.resolve(seen);
-    }
-    return new Promise((resolve, reject) => {
-      if (signal.aborted) {
-        reject(signal.reason);
-        return;
-      }
-      const onAbort = () => {
-        unsubscribe();
-        reject(signal.reason);
-      };
-      const unsubscribe = this.subscribe((event) => {
-        if (!predicate(event)) return;
-        unsubscribe();
-        signal.removeEventListener('abort', onAbort);
-        resolve(event);
-      });
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
+  /** The most recent events, oldest first (a copy). */
+  recent(): QmpEvent[] {
+    return [...this.#history];
   }
 }

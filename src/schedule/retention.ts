@@ -5,10 +5,17 @@ import type { RetentionPolicy } from './schedule-spec.js';
  * by `keepLast` while that count lasts, and by `daily` / `weekly` / `monthly` if it is the newest of
  * a day (ISO week, month) not yet kept, while that bucket's count lasts. Days, weeks and months are
  * calendar ones in the schedule's time zone. Pure: the caller deletes.
+ *
+ * Only clean snapshots count toward these buckets: a crash-consistent snapshot never takes a
+ * clean one's place. A crash-consistent snapshot is kept only while it is newer than every clean
+ * one (the VM's latest state, when its last runs were not clean), at most `keepLast` of them
+ * (reason "crash-consistent, newer than any clean"); every other crash-consistent one is removed.
  */
 export interface Dated {
   readonly id: string;
   readonly createdAt: string;
+  /** Missing counts as clean (older callers). */
+  readonly consistency?: 'clean' | 'crash-consistent' | undefined;
 }
 
 export interface RetentionDecision {
@@ -27,7 +34,17 @@ export function applyRetention(snapshots: readonly Dated[], policy: RetentionPol
   ];
   const keep: RetentionDecision['keep'] = [];
   const remove: string[] = [];
+  let cleanSeen = false;
+  let crashLeft = Math.max(1, policy.keepLast);
   for (const snapshot of newestFirst) {
+    if (snapshot.consistency === 'crash-consistent') {
+      if (!cleanSeen && crashLeft > 0) {
+        crashLeft--;
+        keep.push({ id: snapshot.id, reasons: ['crash-consistent, newer than any clean'] });
+      } else remove.push(snapshot.id);
+      continue;
+    }
+    cleanSeen = true;
     const reasons: string[] = [];
     for (const bucket of buckets) {
       if (bucket.left <= 0) continue;

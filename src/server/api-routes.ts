@@ -8,11 +8,16 @@ import { isAlive } from '../qemu/process-info.js';
 import type { Scheduler } from '../schedule/scheduler.js';
 import { revertToSnapshot } from '../snapshot/revert.js';
 import { deleteSnapshot, listSnapshots, loadSnapshot } from '../snapshot/store.js';
+import { verifySnapshot } from '../snapshot/verify.js';
 import { validateName } from '../validate-name.js';
 import { attachVm } from '../vm/attach-vm.js';
 import { listVms, loadVm } from '../vm/registry.js';
 import { parseWith } from './http-io.js';
+import { presentJob } from './job-view.js';
 import { Router } from './router.js';
+
+/** A verify through the API is bounded (a store on a dying disk must not hold the request for ever). */
+const VERIFY_TIMEOUT_MS = 6 * 3600_000;
 
 export interface ApiServices {
   readonly paths: Paths;
@@ -23,7 +28,12 @@ export interface ApiServices {
   readonly version: string;
 }
 
-const attachSchema = z.strictObject({ name: z.string(), qmpSocket: z.string().min(1), pid: z.number().int().positive().optional() });
+const attachSchema = z.strictObject({
+  name: z.string(),
+  qmpSocket: z.string().min(1).optional(),
+  libvirt: z.strictObject({ domain: z.string().min(1), uri: z.string().min(1).optional() }).optional(),
+  pid: z.number().int().positive().optional(),
+}).refine((request) => !!request.qmpSocket !== !!request.libvirt, { message: 'give exactly one of qmpSocket or libvirt' });
 const revertSchema = z.strictObject({ vm: z.string().optional(), restart: z.boolean().default(false) }).prefault({});
 const jobFilterSchema = z.strictObject({ vm: z.string().optional(), status: z.enum(JOB_STATUSES).optional() });
 
@@ -53,7 +63,7 @@ export function apiRouter(services: ApiServices): Router {
         const request = parseWith(attachSchema, body, 'attach request');
         validateName('VM', request.name);
         if (engine.activeOn(request.name)) throw new ForksnapError('VM_BUSY', `VM "${request.name}" has a job queued or running`, { vm: request.name });
-        return { status: 201, body: await attachVm(paths, request.name, { qmpSocket: request.qmpSocket, pid: request.pid, log }) };
+        return { status: 201, body: await attachVm(paths, request.name, { qmpSocket: request.qmpSocket, libvirt: request.libvirt, pid: request.pid, log }) };
       },
     })
     .add({
@@ -61,25 +71,25 @@ export function apiRouter(services: ApiServices): Router {
       pattern: '/v1/jobs',
       body: true,
       // The forksnap CLI marks its jobs (x-forksnap-trigger: cli) so they read the same as in-process ones.
-      handler: async ({ body, headers }) => ({ status: 202, body: await engine.submit(parseWith(jobRequestSchema, body, 'job request'), { trigger: headers['x-forksnap-trigger'] === 'cli' ? 'cli' : 'api' }) }),
+      handler: async ({ body, headers }) => ({ status: 202, body: presentJob(await engine.submit(parseWith(jobRequestSchema, body, 'job request'), { trigger: headers['x-forksnap-trigger'] === 'cli' ? 'cli' : 'api' }), paths) }),
     })
     .add({
       method: 'GET',
       pattern: '/v1/jobs',
       handler: ({ query }) => {
         const filter = parseWith(jobFilterSchema, Object.fromEntries(query), 'query');
-        return { body: engine.list(filter) };
+        return { body: engine.list(filter).map((record) => presentJob(record, paths)) };
       },
     })
     .add({
       method: 'GET',
       pattern: '/v1/jobs/:id',
       handler: ({ params, query }) => {
-        const record = engine.get(params.id!);
+        const record = presentJob(engine.get(params.id!), paths);
         return { body: query.get('events') === '1' ? { ...record, events: engine.history(record.id) } : record };
       },
     })
-    .add({ method: 'POST', pattern: '/v1/jobs/:id/cancel', handler: ({ params }) => ({ status: 202, body: engine.cancel(params.id!) }) })
+    .add({ method: 'POST', pattern: '/v1/jobs/:id/cancel', handler: ({ params }) => ({ status: 202, body: presentJob(engine.cancel(params.id!), paths) }) })
     .add({
       method: 'GET',
       pattern: '/v1/snapshots',
@@ -97,6 +107,16 @@ export function apiRouter(services: ApiServices): Router {
         await deleteSnapshot(paths, id);
         log.info({ snapshot: id }, 'snapshot deleted through the API');
         return { body: { id, deleted: true } };
+      },
+    })
+    .add({
+      method: 'POST',
+      pattern: '/v1/snapshots/:id/verify',
+      handler: async ({ params }) => {
+        // Read-only on the images; the verdict is written into meta.json.
+        const id = validateName('snapshot', params.id!);
+        const { verification } = await verifySnapshot(paths, id, { signal: AbortSignal.timeout(VERIFY_TIMEOUT_MS), log });
+        return { body: { id, ...verification } };
       },
     })
     .add({

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Paths } from '../config.js';
 import { errorMessage } from '../errors.js';
-import type { HookSet } from '../hooks/hook-spec.js';
+import { hooksFor } from '../hooks/configured-hooks.js';
 import { JobEngine } from '../jobs/job-engine.js';
 import { systemClock, type Clock } from '../schedule/clock.js';
 import { Scheduler } from '../schedule/scheduler.js';
@@ -14,6 +14,7 @@ import { apiRouter } from './api-routes.js';
 import type { DaemonConfig } from './daemon-config.js';
 import { closeServer, createHttpServer, listenTcp, listenUnix } from './http-server.js';
 import { DaemonMetrics } from './metrics.js';
+import { presentJob } from './job-view.js';
 import { WebSocketHub } from './websocket-hub.js';
 
 export { defaultSocketPath } from './socket-path.js';
@@ -68,7 +69,7 @@ export async function startDaemon(options: DaemonOptions): Promise<DaemonHandle>
   });
 
   const metrics = new DaemonMetrics(engine);
-  const hub = new WebSocketHub(engine, options.log, { highWaterBytes: config.server.wsHighWaterBytes });
+  const hub = new WebSocketHub(engine, options.log, { highWaterBytes: config.server.wsHighWaterBytes, present: (record) => presentJob(record, paths) });
   const router = apiRouter({ paths, log: options.log, engine, scheduler, startedAt, version: await packageVersion() });
   const serverOptions = { router, hub, metrics, log: options.log, maxBodyBytes: config.server.maxBodyBytes };
   const servers: Server[] = [];
@@ -110,11 +111,8 @@ export async function startDaemon(options: DaemonOptions): Promise<DaemonHandle>
   }
 }
 
-/** Global pre hooks run before the VM's own; global post hooks after the VM's own. */
-export function hooksFor(config: DaemonConfig, vm: string): HookSet {
-  const own = config.vms[vm]?.hooks;
-  return { pre: [...config.hooks.pre, ...(own?.pre ?? [])], post: [...(own?.post ?? []), ...config.hooks.post] };
-}
+/** Global pre hooks run before the VM's own; global post hooks after the VM's own (shared with in-process CLI jobs). */
+export { hooksFor } from '../hooks/configured-hooks.js';
 
 async function packageVersion(): Promise<string> {
   try {

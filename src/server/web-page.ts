@@ -1,6 +1,6 @@
 /**
  * The daemon's small status page (GET /): VMs, jobs with live progress bars over the WebSocket,
- * and snapshot history with consistency labels and downtime. One self-contained HTML document (no
+ * and snapshot history with consistency labels, downtime and the last verification verdict. One self-contained HTML document (no
  * build step, no external assets). On the TCP listener, open it as http://HOST:PORT/#token=TOKEN:
  * the script sends the token as a bearer header, and as ?access_token= on the WebSocket URL.
  * Everything from the API is inserted with textContent, never as HTML.
@@ -20,6 +20,7 @@ export const WEB_PAGE = `<!doctype html>
   th { font-weight: 600; color: #556; font-size: .8rem; text-transform: uppercase; letter-spacing: .03em; }
   progress { width: 12rem; height: .9rem; vertical-align: middle; }
   .badge { display: inline-block; padding: 0 .45rem; border-radius: .6rem; font-size: .8rem; background: #e4e6ea; }
+  .passed { background: #d3f3dc; color: #135c2a; }
   .clean, .succeeded, .running-vm { background: #d3f3dc; color: #135c2a; }
   .crash-consistent, .cancelled { background: #fdf0c8; color: #6b5200; }
   .failed { background: #fbd9d9; color: #7a1717; }
@@ -35,7 +36,7 @@ export const WEB_PAGE = `<!doctype html>
 <h2>Jobs</h2>
 <table id="jobs"><thead><tr><th>Job</th><th>VM</th><th>Status</th><th>Phase</th><th>Progress</th><th>Downtime</th><th>Consistency</th><th>Detail</th></tr></thead><tbody></tbody></table>
 <h2>Snapshots</h2>
-<table id="snapshots"><thead><tr><th>Snapshot</th><th>VM</th><th>Created</th><th>Consistency</th><th>Parent downtime</th><th>Strategy</th><th>Size</th></tr></thead><tbody></tbody></table>
+<table id="snapshots"><thead><tr><th>Snapshot</th><th>VM</th><th>Created</th><th>Consistency</th><th>Parent downtime</th><th>Strategy</th><th>Size</th><th>Verified</th></tr></thead><tbody></tbody></table>
 <script>
 (function () {
   'use strict';
@@ -80,7 +81,12 @@ export const WEB_PAGE = `<!doctype html>
       tr.dataset.snapshot = s.id;
       var label = el('td'); label.append(badge(s.consistency));
       var bytes = (s.disks || []).reduce(function (sum, d) { return sum + d.image.sizeBytes; }, 0);
-      tr.append(el('td', s.id), el('td', s.vm), el('td', new Date(s.createdAt).toLocaleString()), label, el('td', ms(s.parentDowntimeMs), 'num'), el('td', s.strategy), el('td', size(bytes), 'num'));
+      var verified = el('td'); verified.className = 'verification';
+      if (s.verification) {
+        verified.append(badge(s.verification.verdict), el('span', ' ' + new Date(s.verification.at).toLocaleString(), 'muted'));
+        verified.dataset.verdict = s.verification.verdict;
+      } else verified.append(el('span', 'never', 'muted'));
+      tr.append(el('td', s.id), el('td', s.vm), el('td', new Date(s.createdAt).toLocaleString()), label, el('td', ms(s.parentDowntimeMs), 'num'), el('td', s.strategy), el('td', size(bytes), 'num'), verified);
       body.append(tr);
     });
   }

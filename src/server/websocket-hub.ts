@@ -14,6 +14,8 @@ import type { JobRecord } from '../jobs/job-record.js';
  *   client -> {"type":"subscribe","job":"<id>"|"*","replay"?:true}   {"type":"unsubscribe","job":…}
  *            (or ?job=<id>|*&replay=1 on the URL)
  *   server -> {"type":"state","jobs":[JobRecord…],"history"?:[JobEvent…]}  first, on each subscribe
+ *             (a succeeded job's record and its job-done event carry the snapshot view, with
+ *             absolute image paths: store.ts)
  *             {"type":"event","event":JobEvent}     then every event, in seq order per job
  *             {"type":"dropped","count":N,"jobs":[…]} you fell behind; a fresh "state" follows
  *             {"type":"error","code":…,"message":…}
@@ -25,6 +27,8 @@ import type { JobRecord } from '../jobs/job-record.js';
  */
 export interface HubOptions {
   readonly highWaterBytes: number;
+  /** How a job record is shown in "state" messages (the daemon gives its snapshot absolute paths, job-view.ts). */
+  readonly present?: (record: JobRecord) => unknown;
   readonly stuckMs?: number;
   readonly heartbeatMs?: number;
 }
@@ -103,6 +107,11 @@ export class WebSocketHub {
     this.#wss.close();
   }
 
+  #present(records: JobRecord[]): unknown[] {
+    const present = this.options.present;
+    return present ? records.map((record) => present(record)) : records;
+  }
+
   #receive(client: Client, text: string): void {
     let parsed: z.infer<typeof clientMessageSchema>;
     try {
@@ -122,7 +131,7 @@ export class WebSocketHub {
   #subscribe(client: Client, job: string, replay: boolean): void {
     if (job === '*') {
       client.all = true;
-      this.#send(client, { type: 'state', jobs: this.engine.active() });
+      this.#send(client, { type: 'state', jobs: this.#present(this.engine.active()) });
       return;
     }
     let record: JobRecord;
@@ -133,7 +142,7 @@ export class WebSocketHub {
       return;
     }
     client.jobs.add(job);
-    this.#send(client, { type: 'state', jobs: [record], ...(replay ? { history: this.engine.history(job) } : {}) }, job);
+    this.#send(client, { type: 'state', jobs: this.#present([record]), ...(replay ? { history: this.engine.history(job) } : {}) }, job);
   }
 
   #send(client: Client, message: unknown, job?: string): void {
@@ -168,7 +177,7 @@ export class WebSocketHub {
           }
         });
         this.#send(client, { type: 'dropped', count, jobs, message: `you fell behind and ${count} message(s) were dropped; the current state follows` });
-        this.#send(client, { type: 'state', jobs: client.all ? mergeById(this.engine.active(), states) : states });
+        this.#send(client, { type: 'state', jobs: this.#present(client.all ? mergeById(this.engine.active(), states) : states) });
       } else if (Date.now() - client.droppingSince > (this.options.stuckMs ?? 60_000)) {
         this.#log.warn('websocket client stuck; disconnecting it');
         client.ws.terminate();

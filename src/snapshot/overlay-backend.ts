@@ -7,6 +7,7 @@ import { blockJobInfoList } from '../qmp/schemas.js';
 import type { ParentDisk } from '../vm/inspect.js';
 import type { DiskBackend, DiskBackendContext, DiskSnapshot } from './disk-backend.js';
 import { snapshotFormat } from './disk-backend.js';
+import { generatedName } from './node-names.js';
 import { convertImage, createOverlay, qemuImgBinary } from './qemu-img.js';
 
 /**
@@ -22,7 +23,7 @@ export const overlayBackend: DiskBackend = {
     const format = snapshotFormat(disk);
     const childOverlay = path.join(context.workDir, `${disk.id}.child.qcow2`);
     const parentOverlay = path.join(context.workDir, `${disk.id}.parent-overlay.qcow2`);
-    const overlayNode = `fs-${context.jobId}-${disk.id}`.slice(0, 31);
+    const overlayNode = generatedName('overlay', context.jobId, disk.id);
     try {
       await createOverlay(childOverlay, disk.file, disk.format, signal);
       await createOverlay(parentOverlay, disk.file, disk.format, signal);
@@ -34,7 +35,7 @@ export const overlayBackend: DiskBackend = {
     const mergeBack = async (signal: AbortSignal, onProgress: (percent: number) => void) => {
       if (!onOverlay) return;
       if (context.parent.state === 'ready') {
-        await activeCommit(context.parent, overlayNode, disk.nodeName, `fs-commit-${disk.id}`.slice(0, 31), signal, onProgress);
+        await activeCommit(context.parent, overlayNode, disk.nodeName, generatedName('commit', context.jobId, disk.id), signal, onProgress);
       } else {
         // The parent QEMU is gone: merge offline so no write made after the halt is lost.
         context.log.warn({ disk: disk.id, parentOverlay }, 'parent QMP is gone; merging its overlay offline with qemu-img commit');
@@ -51,6 +52,7 @@ export const overlayBackend: DiskBackend = {
       disk,
       child: { path: childOverlay, format: 'qcow2' },
       tempFiles: [childOverlay],
+      journal: { files: [childOverlay] },
       parentOverlay: { node: overlayNode, file: parentOverlay },
       async commitAtHalt(signal) {
         try {
@@ -85,7 +87,8 @@ export const overlayBackend: DiskBackend = {
 
 /** Active block-commit of the overlay on top of `baseNode`, then pivot back onto the base. */
 async function activeCommit(qmp: QmpClient, topDevice: string, baseNode: string, jobId: string, signal: AbortSignal, onProgress: (percent: number) => void): Promise<void> {
-  const since = Date.now() - 1000;
+  // Registered before block-commit: a small commit is READY before the command returns.
+  const jobEvents = qmp.listen((event) => ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'].includes(event.event) && event.data.device === jobId);
   try {
     await qmp.execute('block-commit', { 'job-id': jobId, device: topDevice, 'base-node': baseNode, 'auto-dismiss': true }, { signal });
     const poll = setInterval(() => {
@@ -95,10 +98,10 @@ async function activeCommit(qmp: QmpClient, topDevice: string, baseNode: string,
       }, () => {});
     }, 250);
     try {
-      const ready = await qmp.waitForEvent((event) => (event.event === 'BLOCK_JOB_READY' || event.event === 'BLOCK_JOB_COMPLETED' || event.event === 'BLOCK_JOB_CANCELLED') && event.data.device === jobId, signal, since);
+      const ready = await jobEvents.next(undefined, signal);
       if (ready.event !== 'BLOCK_JOB_READY') throw new Error(`commit job ended before it was ready: ${JSON.stringify(ready.data)}`);
       await qmp.execute('block-job-complete', { device: jobId }, { signal });
-      const done = await qmp.waitForEvent((event) => (event.event === 'BLOCK_JOB_COMPLETED' || event.event === 'BLOCK_JOB_CANCELLED') && event.data.device === jobId, signal, since);
+      const done = await jobEvents.next((event) => event.event !== 'BLOCK_JOB_READY', signal);
       if (done.event !== 'BLOCK_JOB_COMPLETED' || done.data.error) throw new Error(`commit job failed: ${JSON.stringify(done.data)}`);
       onProgress(100);
     } finally {
@@ -107,5 +110,7 @@ async function activeCommit(qmp: QmpClient, topDevice: string, baseNode: string,
   } catch (error) {
     if (signal.aborted) throw signal.reason;
     throw new ForksnapError('MERGE_FAILED', `merging the parent's overlay ${topDevice} back into ${baseNode} failed: ${(error as Error).message}`, { overlayNode: topDevice, baseNode }, { cause: error });
+  } finally {
+    jobEvents.close();
   }
 }

@@ -5,6 +5,8 @@ import { ForksnapError } from '../errors.js';
 import type { DiskBackend, DiskBackendContext, DiskSnapshot } from './disk-backend.js';
 import { snapshotFormat } from './disk-backend.js';
 import { convertImage } from './qemu-img.js';
+import { watchFreeSpace } from './space.js';
+import { spaceReserveMiB } from '../jobs/space-preflight.js';
 import type { ParentDisk } from '../vm/inspect.js';
 
 /**
@@ -59,6 +61,13 @@ export const reflinkBackend: DiskBackend = {
       disk,
       child: { path: clone, format },
       tempFiles: [clone, crash],
+      journal: { files: [clone, crash] },
+      // The clone pins the image's old extents: every guest overwrite from now on allocates new
+      // space in the parent's own filesystem. The job must then stop the child and discard (only
+      // that frees the pinned extents: the child holds the clone open).
+      watch(onLow) {
+        return watchFreeSpace({ path: path.dirname(disk.file), reserveBytes: context.spaceReserveBytes ?? spaceReserveMiB() * 1024 * 1024, log: context.log.child({ disk: disk.id, backend: 'reflink' }), onLow });
+      },
       async commitAtHalt() {
         try {
           await ficlone(disk.file, clone);

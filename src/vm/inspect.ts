@@ -7,6 +7,7 @@ import {
 import { readCmdline, readCwd, readExe } from '../qemu/process-info.js';
 import type { QmpClient } from '../qmp/client.js';
 import { blockInfoList, type BlockInfo, type ImageInfo } from '../qmp/schemas.js';
+import { assignDiskIds, deviceIdFromQdev, type DiskIdSource } from './disk-id.js';
 
 /**
  * What a running VM is made of, as far as cloning it is concerned: its command line (from
@@ -16,11 +17,16 @@ import { blockInfoList, type BlockInfo, type ImageInfo } from '../qmp/schemas.js
  */
 
 export interface ParentDisk {
-  /** Stable id for files and metadata: the drive id, else the qdev id, else the node name. */
+  /**
+   * The disk's id in file names, metadata and events, unique within the VM and the same for every
+   * snapshot of it (see disk-id.ts): the -device id, else the -drive id, else the top node name.
+   */
   readonly id: string;
   /** The -drive id ("" for -blockdev disks). */
   readonly device: string;
   readonly qdev: string | undefined;
+  /** The user's -device id, read from the qdev path (undefined for a device without one). */
+  readonly deviceId?: string | undefined;
   /** Node name of the top (active) format node. */
   readonly nodeName: string;
   /** Absolute path of the top image file. */
@@ -124,7 +130,7 @@ function chainOf(image: ImageInfo, cwd: string): string[] {
 }
 
 /** Writable disks with media; refuses disks that are not plain local files or not on the command line. */
-function writableDisks(blocks: BlockInfo[], commandLine: QemuCommandLine, cwd: string): ParentDisk[] {
+export function writableDisks(blocks: BlockInfo[], commandLine: QemuCommandLine, cwd: string): ParentDisk[] {
   const disks: ParentDisk[] = [];
   for (const block of blocks) {
     const inserted = block.inserted;
@@ -143,9 +149,10 @@ function writableDisks(blocks: BlockInfo[], commandLine: QemuCommandLine, cwd: s
       throw new ForksnapError('VM_UNSUPPORTED_DEVICE', `cannot clone this VM: disk ${name} (${inserted.file}) is not on the QEMU command line — it was added at runtime, so a child started from the command line would lack it`, { disk: name, file: inserted.file });
     }
     disks.push({
-      id: sanitizeId(block.device || block.qdev?.split('/').filter(Boolean).at(-1) || nodeName),
+      id: '',
       device: block.device,
       qdev: block.qdev,
+      deviceId: deviceIdFromQdev(block.qdev),
       nodeName,
       file: path.resolve(cwd, inserted.file),
       format: inserted.drv,
@@ -154,18 +161,15 @@ function writableDisks(blocks: BlockInfo[], commandLine: QemuCommandLine, cwd: s
       declaredBy,
     });
   }
-  const ids = new Set<string>();
-  return disks.map((disk) => {
-    let id = disk.id;
-    for (let n = 2; ids.has(id); n++) id = `${disk.id}-${n}`;
-    ids.add(id);
-    return { ...disk, id };
-  });
+  const ids = assignDiskIds(disks.map((disk) => diskIdSource(disk)));
+  return disks.map((disk, index) => ({ ...disk, id: ids[index]! }));
 }
 
-function sanitizeId(raw: string): string {
-  const cleaned = raw.replace(/[^A-Za-z0-9_-]/g, '_').replace(/^_+/, '');
-  return cleaned.length > 0 ? cleaned.slice(0, 48) : 'disk';
+/** Where a disk's id comes from, best first: what the user named the device, the drive, the node. */
+export function diskIdSource(disk: Pick<ParentDisk, 'deviceId' | 'device' | 'nodeName'>): DiskIdSource {
+  if (disk.deviceId) return { kind: 'device', name: disk.deviceId };
+  if (disk.device) return { kind: 'drive', name: disk.device };
+  return { kind: 'node', name: disk.nodeName };
 }
 
 /** Find the -drive (by id, or an id-less -drive/-hdX that QEMU names itself) or -blockdev declaring the disk. */

@@ -13,7 +13,10 @@ import { vmSpecSchema } from './spec.js';
 export const vmRecordSchema = z.object({
   name: nameSchema,
   origin: z.enum(['started', 'attached']),
+  /** The QMP socket (for a libvirt domain: none of its own; forksnap reaches it through libvirt). */
   qmpSocket: z.string(),
+  /** Set for a libvirt-managed domain: QMP goes through libvirt's monitor passthrough (src/vm/vm-qmp.ts). */
+  libvirt: z.object({ domain: z.string(), uri: z.string() }).optional(),
   pid: z.number().int().positive().optional(),
   spec: vmSpecSchema.optional(),
   /** The command line at start/attach time; the live one is re-read from /proc when the pid is alive. */

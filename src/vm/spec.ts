@@ -114,14 +114,14 @@ export function specToArgs(spec: VmSpec): string[] {
     if (disk.readOnly) drive.push(['readonly', 'on']);
     if (disk.cache) drive.push(['cache', disk.cache]);
     args.push('-drive', formatOpts(drive));
-    if (disk.interface === 'virtio') args.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-dev`);
-    else if (disk.interface === 'ide') args.push('-device', `ide-hd,drive=${disk.id},id=${disk.id}-dev`);
+    if (disk.interface === 'virtio') args.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}`);
+    else if (disk.interface === 'ide') args.push('-device', `ide-hd,drive=${disk.id},id=${disk.id}`);
     else {
       if (!scsiController) {
         args.push('-device', 'virtio-scsi-pci,id=scsi0');
         scsiController = true;
       }
-      args.push('-device', `scsi-hd,drive=${disk.id},id=${disk.id}-dev,bus=scsi0.0`);
+      args.push('-device', `scsi-hd,drive=${disk.id},id=${disk.id},bus=scsi0.0`);
     }
   }
   for (const nic of spec.nics) {

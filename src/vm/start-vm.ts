@@ -5,6 +5,8 @@ import type { Logger } from 'pino';
 import { vmDir, type Paths } from '../config.js';
 import { ForksnapError } from '../errors.js';
 import { resolveQemuBinary } from '../qemu/binary.js';
+import { journalFile } from '../jobs/journal.js';
+import { pendingJournals } from '../jobs/recover-job.js';
 import { isAlive } from '../qemu/process-info.js';
 import { QmpClient } from '../qmp/client.js';
 import { statusInfo } from '../qmp/schemas.js';
@@ -20,6 +22,7 @@ export async function startVm(paths: Paths, spec: VmSpec, options: { log: Logger
   if (existing?.pid && (await isAlive(existing.pid))) {
     throw new ForksnapError('VM_EXISTS', `VM "${spec.name}" is already running (pid ${existing.pid})`, { vm: spec.name, pid: existing.pid });
   }
+  await refusePendingRecovery(paths, spec.name);
   await refuseMissingFiles(spec);
   const dir = vmDir(paths, spec.name);
   await mkdir(dir, { recursive: true });
@@ -60,6 +63,22 @@ export async function startVm(paths: Paths, spec: VmSpec, options: { log: Logger
   };
   await saveVm(paths, record);
   return record;
+}
+
+/**
+ * A job on this VM died (a forksnap SIGKILLed, a host crash) and its journal was not unwound yet:
+ * starting the VM now could run it beside that job's leftovers (a child QEMU, a fleecing image, a
+ * legacy overlay holding guest writes). Refuse, naming the job and what to run.
+ */
+async function refusePendingRecovery(paths: Paths, vm: string): Promise<void> {
+  const pending = await pendingJournals(paths, vm);
+  if (pending.length === 0) return;
+  const jobs = pending.map((entry) => `${entry.job} (phase ${entry.phase}, started ${entry.startedAt} by pid ${entry.pid})`).join(', ');
+  throw new ForksnapError(
+    'RECOVERY_PENDING',
+    `VM "${vm}" has an interrupted snapshot job that has not been unwound: ${jobs}; run \`forksnap recover ${vm}\` (or start the daemon, which recovers at start-up), then start the VM again`,
+    { vm, jobs: pending.map((entry) => ({ job: entry.job, phase: entry.phase, pid: entry.pid, startedAt: entry.startedAt, journal: journalFile(paths, entry.job) })) },
+  );
 }
 
 async function refuseMissingFiles(spec: VmSpec): Promise<void> {

@@ -12,6 +12,9 @@ import { loadVm } from './registry.js';
  */
 export async function stopVm(paths: Paths, name: string, options: { powerdown?: boolean; timeoutMs?: number; log: Logger }): Promise<{ how: string }> {
   const record = await loadVm(paths, name);
+  if (record.libvirt) {
+    throw new ForksnapError('VM_MANAGED', `VM "${name}" is libvirt domain ${record.libvirt.domain}: stop it with \`virsh -c ${record.libvirt.uri} shutdown ${record.libvirt.domain}\` (forksnap only snapshots it)`, { vm: name, libvirt: record.libvirt });
+  }
   if (!record.pid || !(await isAlive(record.pid))) throw new ForksnapError('VM_NOT_RUNNING', `VM "${name}" is not running`, { vm: name });
   const pid = record.pid;
   const qmp = await QmpClient.connect(record.qmpSocket, { log: options.log, timeoutMs: 5_000 }).catch(() => undefined);

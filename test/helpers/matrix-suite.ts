@@ -22,7 +22,8 @@ export interface MatrixOptions {
   readonly expectFork: boolean;
 }
 
-const BACKENDS = ['reflink', 'qcow2-overlay'] as const;
+/** fleecing is the copy-before-write view that replaced the qcow2 overlay backend. */
+const BACKENDS = ['reflink', 'fleecing'] as const;
 
 const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
 
@@ -45,6 +46,19 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
 
   for (const strategy of options.strategies) {
     for (const backend of BACKENDS) {
+      if (strategy === 'precopy' && backend === 'fleecing') {
+        // QEMU inactivates every block node when a migration completes; the copy-before-write
+        // filter holds its target writable, so the two cannot be combined: refused up front.
+        it('precopy + fleecing: refused before anything is changed, the parent runs on', async () => {
+          const cli = await runCli(['snapshot', 'create', 'matrix', '--json', '--name', 'm-precopy-fleecing', '--strategy', 'precopy', '--disk-backend', 'fleecing'], guest.state);
+          expect(cli.exitCode, cli.stderr).toBe(3);
+          expect(cli.stderr).toMatch(/DISK_BACKEND_UNSUPPORTED/);
+          expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+          expect(await vmDiskFiles(guest.qmpSocket)).toEqual([guest.vm.disk]);
+          await expectNothingLeft(guest.state, guest.vm.dir);
+        });
+        continue;
+      }
       it(`${strategy} + ${backend}: clean image of the halt instant, parent runs on`, async () => {
         const tickBefore = guest.vm.control.lastTick;
         const id = `m-${strategy}-${backend}`;
@@ -58,7 +72,7 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
         expect(meta.disks[0]).toMatchObject({ id: 'data', backend, source: guest.vm.disk });
         expect(meta.parentDowntimeMs).toBeGreaterThan(0);
         expect(meta.parentDowntimeMs).toBeLessThan(5_000);
-        for (const phase of ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'merge']) expect(meta.phasesMs[phase], phase).toBeGreaterThanOrEqual(0);
+        for (const phase of ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'finish']) expect(meta.phasesMs[phase], phase).toBeGreaterThanOrEqual(0);
 
         // Events: typed, ordered, the parent resumed before the child's verdict.
         const types = cli.lines.map((line) => line.type);
@@ -117,7 +131,7 @@ describe(`snapshot create: strategy × disk backend on ${options.label}`, () => 
     expect(list.exitCode).toBe(0);
     const ids = (JSON.parse(list.stdout) as { id: string }[]).map((meta) => meta.id);
     const last = `m-${options.strategies.at(-1)}-reflink`;
-    expect(ids).toEqual(expect.arrayContaining([last, 'idle-qcow2-overlay']));
+    expect(ids).toEqual(expect.arrayContaining([last, 'idle-fleecing']));
     const human = await runCli(['snapshot', 'list'], guest.state);
     expect(human.stdout).toMatch(/^ID\s+VM\s+CREATED\s+CONSISTENCY/m);
     const show = await runCli(['snapshot', 'show', last], guest.state);

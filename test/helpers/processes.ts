@@ -1,4 +1,5 @@
 import { readdir, readFile } from 'node:fs/promises';
+import { isAlive } from '../../src/qemu/process-info.js';
 
 /**
  * Proof that no QEMU a test started survives it: every process whose command line mentions the
@@ -21,16 +22,27 @@ export async function processesMentioning(marker: string): Promise<{ pid: number
   return found;
 }
 
-/** Kill (SIGKILL) whatever is left and report what was left, so the test fails loudly. */
-export async function killLeftovers(marker: string): Promise<number[]> {
+/**
+ * Kill (SIGKILL) whatever is left, wait until each pid is really gone (a killed QEMU's threads and
+ * image locks outlive its main thread for a moment), and report what was left, so the test fails
+ * loudly. A pid still there after the wait is reported too, marked.
+ */
+export async function killLeftovers(marker: string, waitMs = 10_000): Promise<number[]> {
   const left = await processesMentioning(marker);
   for (const proc of left) {
     try {
       process.kill(proc.pid, 'SIGKILL');
     } catch {
-      // gone
+      // gone meanwhile
     }
   }
+  const deadline = Date.now() + waitMs;
+  let alive = left.map((proc) => proc.pid);
+  while (alive.length > 0 && Date.now() < deadline) {
+    alive = (await Promise.all(alive.map(async (pid) => ((await isAlive(pid)) ? pid : undefined)))).filter((pid): pid is number => pid !== undefined);
+    if (alive.length > 0) await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  if (alive.length > 0) console.error(`killLeftovers: still alive ${waitMs} ms after SIGKILL: ${alive.join(', ')}`);
   return left.map((proc) => proc.pid);
 }
 

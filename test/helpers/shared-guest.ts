@@ -1,6 +1,7 @@
 import { mkdtemp, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import { failureDump } from './failure-dump.js';
 import { runCli } from './forksnap-cli.js';
 import { killLeftovers } from './processes.js';
 import { startGuestVm, type GuestVm } from './test-guest.js';
@@ -8,8 +9,9 @@ import { startGuestVm, type GuestVm } from './test-guest.js';
 /**
  * One booted test guest shared by the tests of a describe block (booting costs ~15 s under TCG):
  * started through the real CLI in beforeAll once its workload ticks, stopped in afterAll, which
- * then proves that no QEMU of the block's directory is left. The returned object is filled in by
- * beforeAll; read its fields inside tests and hooks only.
+ * then proves that no QEMU of the block's directory is left (killed and waited for). When a test of
+ * the block fails, the guest's console tail and the job journals are printed. The returned object
+ * is filled in by beforeAll; read its fields inside tests and hooks only.
  */
 export interface SharedGuest {
   root: string;
@@ -29,6 +31,8 @@ export function useSharedGuest(
     /** Environment of `vm start` (so of the QEMU), may depend on the root directory. */
     env?: (root: string) => Promise<Record<string, string>> | Record<string, string>;
     append?: string;
+    /** Extra QEMU arguments of the VM spec (e.g. -sandbox). */
+    extraArgs?: string[];
   },
 ): SharedGuest {
   const guest = {} as SharedGuest;
@@ -42,12 +46,18 @@ export function useSharedGuest(
       diskFormat: options.diskFormat,
       env: options.env ? await options.env(guest.root) : {},
       ...(options.append ? { append: options.append } : {}),
+      ...(options.extraArgs ? { extraArgs: options.extraArgs } : {}),
     });
     guest.qmpSocket = path.join(guest.state, 'vms', name, 'qmp.sock');
     guest.pid = Number((await readFile(path.join(guest.state, 'vms', name, 'qemu.pid'), 'utf8')).trim());
     // The workload writes a tick every 100 ms into the guest's page cache only.
     await guest.vm.control.waitForTick(3);
   }, 300_000);
+
+  afterEach(async (context) => {
+    if (context.task.result?.state !== 'fail' || !guest.state) return;
+    console.error(await failureDump({ title: `${name}: ${context.task.name}`, consoleLog: guest.vm?.consoleLog, stateDir: guest.state }));
+  });
 
   afterAll(async () => {
     guest.vm?.control.close();

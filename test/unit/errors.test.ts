@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ERROR_CODES, errorMessage, ForksnapError, isForksnapError, toForksnapError } from '../../src/errors.js';
+import { ERROR_CODES, EXIT_CODES, errorMessage, ForksnapError, isForksnapError, toForksnapError } from '../../src/errors.js';
 import { QmpError } from '../../src/qmp/errors.js';
 
 describe('ForksnapError', () => {
@@ -11,6 +11,10 @@ describe('ForksnapError', () => {
     expect(new ForksnapError('VM_BUSY', 'x').exitCode).toBe(3);
     expect(new ForksnapError('PHASE_TIMEOUT', 'x').httpStatus).toBe(504);
     expect(new ForksnapError('CANCELLED', 'x').exitCode).toBe(130);
+    expect(new ForksnapError('NOT_CLEAN', 'x').exitCode).toBe(EXIT_CODES.NOT_CLEAN);
+    expect(new ForksnapError('VERIFY_FAILED', 'x').exitCode).toBe(EXIT_CODES.VERIFY_FAILED);
+    // 6 is a kept crash-consistent snapshot, a success: no error has it.
+    expect(Object.values(ERROR_CODES).map((info) => info.exit)).not.toContain(EXIT_CODES.CRASH_CONSISTENT);
     for (const code of Object.keys(ERROR_CODES) as (keyof typeof ERROR_CODES)[]) {
       const error = new ForksnapError(code, 'x');
       expect([error.httpStatus, error.exitCode]).toEqual([ERROR_CODES[code].http, ERROR_CODES[code].exit]);
@@ -19,7 +23,8 @@ describe('ForksnapError', () => {
 
   it('uses only the documented exit codes and error HTTP statuses', () => {
     for (const info of Object.values(ERROR_CODES)) {
-      expect([1, 2, 3, 4, 5, 130]).toContain(info.exit);
+      expect([1, 2, 3, 4, 5, 7, 8, 130]).toContain(info.exit);
+      expect(Object.values(EXIT_CODES)).toContain(info.exit);
       expect(info.http).toBeGreaterThanOrEqual(400);
       expect(info.http).toBeLessThan(600);
     }

@@ -45,7 +45,7 @@ afterAll(async () => {
 });
 
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-const PIPELINE = ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'merge', 'cleanup'];
+const PIPELINE = ['preflight', 'prepare', 'halt', 'disk-snapshot', 'capture', 'isolate', 'shutdown', 'materialise', 'finish', 'cleanup'];
 
 describe('forksnap daemon: jobs and progress', () => {
   it('streams the full ordered event sequence of a real job, and a client joining mid-job gets the current state first', async () => {

@@ -67,10 +67,23 @@ describe('buildChildArgv: process, monitors and display', () => {
       '-no-reboot',
       '-no-shutdown',
       '-D', '/var/log/vm1.log',
-      '-runas', 'qemu',
       '-m', '1024',
     ]);
     expect(options).toEqual([{ name: 'name', value: 'guest=vm1' }, { name: 'm', value: '1024' }]);
+  });
+
+  it('keeps the parent\'s confinement: -sandbox, -runas and -chroot', () => {
+    const args = ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny', '-runas', 'qemu', '-chroot', '/var/empty', '-m', '1024'];
+    expect(childOptions(args)).toEqual(parseArgv(['q', ...args]).options);
+  });
+
+  it('gives the child host directory shares (-fsdev, -virtfs) read-only', () => {
+    const options = childOptions([
+      '-fsdev', 'local,id=fs0,path=/srv/share,security_model=mapped-xattr',
+      '-virtfs', 'local,path=/srv/other,mount_tag=other,security_model=none,readonly=off',
+    ]);
+    expect(values(options, 'fsdev')).toEqual(['fsdriver=local,id=fs0,path=/srv/share,security_model=mapped-xattr,readonly=on']);
+    expect(values(options, 'virtfs')).toEqual(['fsdriver=local,path=/srv/other,mount_tag=other,security_model=none,readonly=on']);
   });
 
   it('keeps devices and machine options in their original order', () => {
@@ -278,5 +291,49 @@ describe('buildChildArgv: -blockdev disks', () => {
     const options = childOptions(['-blockdev', 'driver=qcow2,node-name=top,file.driver=file,file.filename=/img/top.qcow2,cache.direct=on'], [top], child);
     expect(options).toHaveLength(1);
     expect(JSON.parse(options[0]!.value!)).toEqual({ driver: 'qcow2', 'node-name': 'top', cache: { direct: 'on' }, file: { driver: 'file', filename: '/state/vda.qcow2' } });
+  });
+});
+
+describe('buildChildArgv: a libvirt 9.0 command line (captured from a real domain)', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const argv = JSON.parse(await readFile(new URL('../../fixtures/libvirt/qemu-argv.json', import.meta.url), 'utf8')) as string[];
+  const args = argv.slice(1);
+  const disks = [
+    disk({ id: 'virtio-disk0', file: '/var/tmp/lv1/disk0.qcow2', nodeName: 'libvirt-2-format', declaredBy: 'blockdev', format: 'qcow2', backingFiles: ['/var/cache/forksnap/test-guest/67f2bc18d049f078/data.raw'] }),
+    disk({ id: 'virtio-disk1', file: '/var/tmp/lv1/disk1.raw', nodeName: 'libvirt-1-format', declaredBy: 'blockdev', format: 'raw' }),
+  ];
+  const options = childOptions(args, disks, { 'virtio-disk0': { path: '/w/c0.qcow2', format: 'qcow2' }, 'virtio-disk1': { path: '/w/c1.qcow2', format: 'qcow2' } });
+  const text = options.map((option) => `-${option.name} ${option.value ?? ''}`).join('\n');
+
+  it('passes no inherited descriptor: no -add-fd, no fd=N, no /dev/fdset', () => {
+    expect(values(options, 'add-fd')).toEqual([]);
+    expect(text).not.toMatch(/fd=\d|\/dev\/fdset/);
+  });
+
+  it('drops the monitor, keeps the sandbox, the secret object, -msg and -overcommit', () => {
+    expect(values(options, 'mon')).toEqual([]);
+    expect(values(options, 'sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
+    expect(text).toMatch(/"id":"masterKey0"/);
+    expect(values(options, 'msg')).toEqual(['timestamp=on']);
+    expect(values(options, 'overcommit')).toEqual(['mem-lock=off']);
+    expect(values(options, 'no-shutdown')).toEqual([]);
+  });
+
+  it('re-declares the JSON -blockdev top nodes on the child images and drops their chains', () => {
+    const blockdevs = values(options, 'blockdev').map((value) => JSON.parse(value!) as Record<string, unknown>);
+    expect(blockdevs).toEqual([
+      { driver: 'qcow2', 'node-name': 'libvirt-2-format', file: { driver: 'file', filename: '/w/c0.qcow2' } },
+      { driver: 'qcow2', 'node-name': 'libvirt-1-format', file: { driver: 'file', filename: '/w/c1.qcow2' } },
+    ]);
+    expect(text).not.toMatch(/disk0\.qcow2|disk1\.raw|data\.raw/);
+  });
+
+  it('cuts the socket netdev and both serial chardevs (tcp and inherited fd) off', () => {
+    expect(values(options, 'netdev')).toEqual(['hubport,id=hostnet0,hubid=1000']);
+    expect(values(options, 'chardev')).toEqual(['null,id=charserial0', 'null,id=charserial1']);
+  });
+
+  it('refuses a descriptor it cannot replace (a disk opened through an fd set)', () => {
+    expect(() => childOptions(['-blockdev', '{"driver":"file","filename":"/dev/fdset/3","node-name":"x"}'])).toThrow(/file descriptor passed to the parent/);
   });
 });

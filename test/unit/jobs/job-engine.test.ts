@@ -33,7 +33,7 @@ function fakeRun(options: RunJobOptions): Promise<SnapshotResult> {
       options,
       finish: () => {
         const meta: SnapshotResult = {
-          version: 1, id: `${options.request.vm}-${options.id}`, vm: options.request.vm, createdAt: new Date().toISOString(), strategy: 'fork', consistency: 'clean',
+          schemaVersion: 1, version: 1, id: `${options.request.vm}-${options.id}`, vm: options.request.vm, createdAt: new Date().toISOString(), strategy: 'fork', consistency: 'clean',
           consistencyReason: 'test', parentDowntimeMs: 12, timeToStateMs: 1, timeToImageMs: 2, phasesMs: {}, disks: [], labels: {}, qemu: { binary: 'qemu', version: '7.2.0' }, job: options.id, dir: '/nonexistent',
         };
         options.onSnapshot?.(meta);

@@ -265,60 +265,103 @@ describe('QmpClient events', () => {
     const client = await connect(server);
     const seen: unknown[] = [];
     client.events.subscribe((event) => seen.push(event));
-    const stopped = client.waitForEvent((event) => event.event === 'STOP', AbortSignal.timeout(2000));
+    const listener = client.listen(['STOP', 'RESUME']);
     server.emit('STOP', undefined, 1_700_000_000_123.456);
-    const event = await stopped;
+    const event = await listener.next((e) => e.event === 'STOP', AbortSignal.timeout(2000));
     expect(event.event).toBe('STOP');
     expect(event.data).toEqual({});
     expect(event.timestampMs).toBeCloseTo(1_700_000_000_123.456, 3);
     server.emit('RESUME', { reason: 'x' }, 1_700_000_001_000);
-    await client.waitForEvent((e) => e.event === 'RESUME', AbortSignal.timeout(2000));
+    await listener.next((e) => e.event === 'RESUME', AbortSignal.timeout(2000));
     expect(seen).toEqual([
       expect.objectContaining({ event: 'STOP' }),
       { event: 'RESUME', data: { reason: 'x' }, timestampMs: 1_700_000_001_000 },
     ]);
+    expect(client.events.recent().map((e) => e.event)).toEqual(['STOP', 'RESUME']);
   });
 
-  it('waitForEvent finds an event that arrived before the wait when sinceMs covers it', async () => {
+  it('a listener registered before the command sees an event QEMU sends before the reply, whatever its timestamp', async () => {
+    // A small block job is READY before block-commit returns; QEMU's clock may differ from ours.
     const server = await startServer();
     const client = await connect(server);
-    const early = client.waitForEvent((event) => event.event === 'MARKER', AbortSignal.timeout(2000));
-    server.emit('JOB_STATUS_CHANGE', { id: 'commit0', status: 'ready' }, 5_000);
-    server.emit('MARKER', undefined, 6_000);
-    await early;
-    const found = await client.waitForEvent((event) => event.event === 'JOB_STATUS_CHANGE', AbortSignal.timeout(500), 4_000);
-    expect(found).toEqual({ event: 'JOB_STATUS_CHANGE', data: { id: 'commit0', status: 'ready' }, timestampMs: 5_000 });
+    server.handle('block-commit', () => {
+      server.emit('BLOCK_JOB_READY', { device: 'commit0' }, 1_000); // a timestamp far in the past
+      return { return: {} };
+    });
+    const jobEvents = client.listen((event) => event.data.device === 'commit0');
+    await client.execute('block-commit');
+    await expect(jobEvents.next((e) => e.event === 'BLOCK_JOB_READY', AbortSignal.timeout(500))).resolves.toMatchObject({ data: { device: 'commit0' }, timestampMs: 1_000 });
+    jobEvents.close();
   });
 
-  it('waitForEvent ignores history older than sinceMs and waits for a new event', async () => {
+  it('queues only events after listen() that pass its filter; next() takes the first match and leaves the rest queued', async () => {
     const server = await startServer();
     const client = await connect(server);
-    const early = client.waitForEvent((event) => event.event === 'STOP', AbortSignal.timeout(2000));
-    server.emit('STOP', { n: 1 }, 1_000);
-    await early;
-    const later = client.waitForEvent((event) => event.event === 'STOP', AbortSignal.timeout(2000), 2_000);
-    server.emit('STOP', { n: 2 }, 3_000);
-    await expect(later).resolves.toMatchObject({ data: { n: 2 } });
+    const early = client.listen(['MARKER']);
+    server.emit('STOP', { n: 0 });
+    server.emit('MARKER');
+    await early.next(undefined, AbortSignal.timeout(2000));
+    const listener = client.listen(['STOP', 'RESUME']);
+    server.emit('SHUTDOWN');
+    server.emit('RESUME', { n: 1 });
+    server.emit('STOP', { n: 2 });
+    server.emit('STOP', { n: 3 });
+    server.emit('MARKER');
+    await early.next(undefined, AbortSignal.timeout(2000));
+    expect(listener.pending.map((e) => e.data.n)).toEqual([1, 2, 3]);
+    await expect(listener.next((e) => e.event === 'STOP', AbortSignal.timeout(500))).resolves.toMatchObject({ data: { n: 2 } });
+    await expect(listener.next(undefined, AbortSignal.timeout(500))).resolves.toMatchObject({ event: 'RESUME', data: { n: 1 } });
+    await expect(listener.next(undefined, AbortSignal.timeout(500))).resolves.toMatchObject({ data: { n: 3 } });
+    expect(listener.pending).toEqual([]);
   });
 
-  it('waitForEvent rejects with QMP_DISCONNECTED when the connection closes', async () => {
+  it('a closed listener stops queueing and fails its waiters; `using` closes it', async () => {
     const server = await startServer();
     const client = await connect(server);
-    const waiting = rejection(client.waitForEvent((event) => event.event === 'SHUTDOWN', AbortSignal.timeout(5000)));
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    const listener = client.listen();
+    const waiting = rejection(listener.next((e) => e.event === 'NEVER', AbortSignal.timeout(5000)));
+    listener.close();
+    expect(((await waiting) as Error).message).toMatch(/closed/);
+    server.emit('STOP');
+    const marker = client.listen(['STOP']);
+    server.emit('STOP');
+    await marker.next(undefined, AbortSignal.timeout(2000));
+    expect(listener.pending).toEqual([]);
+    {
+      using scoped = client.listen(['X']);
+      expect(scoped.pending).toEqual([]);
+      marker.close();
+    }
+  });
+
+  it('listeners fail with QMP_DISCONNECTED when the connection drops, also ones created afterwards; queued events stay readable', async () => {
+    const server = await startServer();
+    const client = await connect(server);
+    const listener = client.listen();
+    server.emit('STOP');
+    await until(() => listener.pending.length === 1);
+    const waiting = rejection(listener.next((event) => event.event === 'SHUTDOWN', AbortSignal.timeout(5000)));
     server.dropConnections();
     const error = (await waiting) as QmpError;
     expect(error).toBeInstanceOf(QmpError);
     expect(error.code).toBe('QMP_DISCONNECTED');
+    await expect(listener.next((e) => e.event === 'STOP')).resolves.toMatchObject({ event: 'STOP' });
+    await client.closed;
+    const late = client.listen();
+    expect(((await rejection(late.next())) as QmpError).code).toBe('QMP_DISCONNECTED');
   });
 
-  it('waitForEvent rejects with the abort reason when its signal aborts', async () => {
+  it('next() rejects with the abort reason when its signal aborts, and the listener stays usable', async () => {
     const server = await startServer();
     const client = await connect(server);
     const controller = new AbortController();
     const reason = new Error('gave up');
-    const waiting = rejection(client.waitForEvent((event) => event.event === 'SHUTDOWN', controller.signal));
+    const listener = client.listen(['SHUTDOWN']);
+    const waiting = rejection(listener.next(undefined, controller.signal));
     controller.abort(reason);
     expect(await waiting).toBe(reason);
+    expect(await rejection(listener.next(undefined, AbortSignal.abort(reason)))).toBe(reason);
+    server.emit('SHUTDOWN', { guest: true });
+    await expect(listener.next(undefined, AbortSignal.timeout(2000))).resolves.toMatchObject({ data: { guest: true } });
   });
 });

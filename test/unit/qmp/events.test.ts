@@ -10,11 +10,10 @@ describe('parseEvent', () => {
 });
 
 describe('EventHub', () => {
-  it('keeps a bounded history, dropping the oldest events', () => {
+  it('keeps a bounded history as a record, dropping the oldest events', () => {
     const hub = new EventHub(3);
     for (let n = 1; n <= 5; n++) hub.publish(event(`E${n}`, n * 10));
-    expect(hub.since(0).map((e) => e.event)).toEqual(['E3', 'E4', 'E5']);
-    expect(hub.since(40).map((e) => e.event)).toEqual(['E4', 'E5']);
+    expect(hub.recent().map((e) => e.event)).toEqual(['E3', 'E4', 'E5']);
   });
 
   it('fans out to subscribers until they unsubscribe', () => {
@@ -25,19 +24,5 @@ describe('EventHub', () => {
     unsubscribe();
     hub.publish(event('B', 2));
     expect(seen).toEqual(['A']);
-  });
-
-  it('waitFor resolves with the first matching future event and stops listening', async () => {
-    const hub = new EventHub();
-    const waiting = hub.waitFor((e) => e.event === 'RESUME', AbortSignal.timeout(1000));
-    hub.publish(event('STOP', 1));
-    hub.publish(event('RESUME', 2));
-    hub.publish(event('RESUME', 3));
-    await expect(waiting).resolves.toEqual(event('RESUME', 2));
-  });
-
-  it('waitFor rejects with the reason of an already aborted signal', async () => {
-    const reason = new Error('cancelled before');
-    await expect(new EventHub().waitFor(() => true, AbortSignal.abort(reason))).rejects.toBe(reason);
   });
 });

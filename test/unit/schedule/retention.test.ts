@@ -52,6 +52,44 @@ describe('applyRetention', () => {
   });
 });
 
+describe('applyRetention with crash-consistent snapshots', () => {
+  const crash = (id: string, createdAt: string) => ({ id, createdAt, consistency: 'crash-consistent' as const });
+  const clean = (id: string, createdAt: string) => ({ id, createdAt, consistency: 'clean' as const });
+
+  it('never deletes a clean snapshot to keep crash-consistent ones (they do not count toward keepLast)', () => {
+    const list = [clean('c1', '2026-11-01T01:00:00Z'), clean('c2', '2026-11-02T01:00:00Z'), crash('x3', '2026-11-03T01:00:00Z'), crash('x4', '2026-11-04T01:00:00Z')];
+    const decision = applyRetention(list, policy({ keepLast: 2 }), 'UTC');
+    // Both clean ones stay; the crash-consistent ones are newer than any clean one: kept too, up to keepLast.
+    expect(decision.keep.map((k) => k.id)).toEqual(['x4', 'x3', 'c2', 'c1']);
+    expect(decision.keep.find((k) => k.id === 'x4')!.reasons).toEqual(['crash-consistent, newer than any clean']);
+    expect(decision.keep.find((k) => k.id === 'c2')!.reasons).toEqual(['last']);
+    expect(decision.remove).toEqual([]);
+  });
+
+  it('removes crash-consistent snapshots older than the newest clean one, and keeps at most keepLast newer ones', () => {
+    const list = [crash('x1', '2026-11-01T01:00:00Z'), clean('c2', '2026-11-02T01:00:00Z'), crash('x3', '2026-11-03T01:00:00Z'), crash('x4', '2026-11-04T01:00:00Z'), crash('x5', '2026-11-05T01:00:00Z')];
+    const decision = applyRetention(list, policy({ keepLast: 2 }), 'UTC');
+    expect(decision.keep.map((k) => k.id)).toEqual(['x5', 'x4', 'c2']);
+    expect(decision.remove.sort()).toEqual(['x1', 'x3']);
+  });
+
+  it('does not count crash-consistent snapshots toward daily / weekly / monthly either', () => {
+    // One clean snapshot a day, and a later crash-consistent one on the same days.
+    const list = [1, 2, 3].flatMap((d) => [clean(`c${d}`, `2026-11-0${d}T01:00:00Z`), crash(`x${d}`, `2026-11-0${d}T13:00:00Z`)]);
+    const decision = applyRetention(list, policy({ keepLast: 1, daily: 3 }), 'UTC');
+    expect(decision.keep.map((k) => k.id)).toEqual(['x3', 'c3', 'c2', 'c1']);
+    expect(decision.keep.find((k) => k.id === 'c3')!.reasons).toEqual(['last', 'daily 2026-11-03']);
+    expect(decision.remove.sort()).toEqual(['x1', 'x2']);
+  });
+
+  it('with only crash-consistent snapshots keeps the newest keepLast of them', () => {
+    const list = [crash('x1', '2026-11-01T01:00:00Z'), crash('x2', '2026-11-02T01:00:00Z'), crash('x3', '2026-11-03T01:00:00Z')];
+    const decision = applyRetention(list, policy({ keepLast: 1, daily: 7 }), 'UTC');
+    expect(decision.keep.map((k) => k.id)).toEqual(['x3']);
+    expect(decision.remove.sort()).toEqual(['x1', 'x2']);
+  });
+});
+
 describe('calendar keys', () => {
   it('gives the local day and the ISO week', () => {
     expect(dayKeyIn('America/New_York')('2026-11-21T03:00:00Z')).toBe('2026-11-20');

@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { snapshotsDir, type Paths } from '../../../src/config.js';
 import { ForksnapError } from '../../../src/errors.js';
 import { tempPaths, type TempPaths } from '../../helpers/temp-paths.js';
 import {
-  beginSnapshot, deleteSnapshot, describeImage, listSnapshots, loadSnapshot, snapshotImagePath, type SnapshotMeta,
+  beginSnapshot, deleteSnapshot, describeImage, listSnapshots, loadSnapshot, SNAPSHOT_SCHEMA_VERSION, snapshotImagePath, snapshotViewSchema, type SnapshotMeta,
 } from '../../../src/snapshot/store.js';
 
 let tmp: TempPaths;
@@ -67,7 +67,13 @@ describe('snapshot store', () => {
     await building.commit(meta('snap-1'));
     expect(await readdir(snapshotsDir(paths))).toEqual(['snap-1']);
     const loaded = await loadSnapshot(paths, 'snap-1');
-    expect(loaded).toEqual({ ...meta('snap-1'), dir: path.join(snapshotsDir(paths), 'snap-1') });
+    const dir = path.join(snapshotsDir(paths), 'snap-1');
+    expect(loaded).toEqual({
+      ...meta('snap-1'),
+      schemaVersion: SNAPSHOT_SCHEMA_VERSION,
+      dir,
+      disks: [{ ...meta('snap-1').disks[0], image: { ...meta('snap-1').disks[0]!.image, path: path.join(dir, 'd0.qcow2') } }],
+    });
     expect(await readFile(snapshotImagePath(loaded, 'd0'), 'utf8')).toBe('image');
   });
 
@@ -150,5 +156,34 @@ describe('snapshot store', () => {
       sizeBytes: 200_000,
       sha256: createHash('sha256').update(content).digest('hex'),
     });
+  });
+
+  it('keeps meta.json relative (no absolute path, no view fields) and shows programs absolute paths', async () => {
+    const crash = { file: 'd0.crash.qcow2', format: 'qcow2' as const, sizeBytes: 6, sha256: 'y' };
+    const building = await beginSnapshot(paths, 'snap-1');
+    await writeFile(path.join(building.dir, 'd0.qcow2'), 'image');
+    // Even a view handed to commit is stored as plain metadata.
+    const view = { ...meta('snap-1', { disks: [{ ...meta('x').disks[0]!, crashImage: crash }] }), schemaVersion: 1, dir: '/elsewhere' };
+    await building.commit(view as SnapshotMeta);
+    const stored = JSON.parse(await readFile(path.join(snapshotsDir(paths), 'snap-1', 'meta.json'), 'utf8')) as Record<string, any>;
+    expect(stored).not.toHaveProperty('dir');
+    expect(stored).not.toHaveProperty('schemaVersion');
+    expect(stored.disks[0].image).toEqual({ file: 'd0.qcow2', format: 'qcow2', sizeBytes: 5, sha256: 'x' });
+    const [listed] = await listSnapshots(paths);
+    const dir = path.join(snapshotsDir(paths), 'snap-1');
+    expect(snapshotViewSchema.parse(listed)).toEqual(listed);
+    expect(listed!.disks[0]!.image.path).toBe(path.join(dir, 'd0.qcow2'));
+    expect(listed!.disks[0]!.crashImage!.path).toBe(path.join(dir, 'd0.crash.qcow2'));
+    expect(path.isAbsolute(listed!.dir)).toBe(true);
+  });
+
+  it('a moved store still loads, with paths where the images are now', async () => {
+    await makeSnapshot('snap-1');
+    const moved = path.join(tmp.root, 'moved-state');
+    await cp(paths.stateDir, moved, { recursive: true });
+    await rm(paths.stateDir, { recursive: true });
+    const loaded = await loadSnapshot({ ...paths, stateDir: moved }, 'snap-1');
+    expect(loaded.disks[0]!.image.path).toBe(path.join(moved, 'snapshots', 'snap-1', 'd0.qcow2'));
+    expect(await readFile(loaded.disks[0]!.image.path, 'utf8')).toBe('image');
   });
 });

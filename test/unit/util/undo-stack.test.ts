@@ -20,7 +20,7 @@ describe('UndoStack', () => {
     });
     undo.push('resume parent', () => void ran.push('resume parent'));
     expect(undo.size).toBe(3);
-    await expect(undo.unwind()).resolves.toEqual([]);
+    await expect(undo.unwind({ failed: true })).resolves.toEqual([]);
     expect(ran).toEqual(['resume parent', 'kill child', 'remove files']);
     expect(undo.size).toBe(0);
   });
@@ -37,32 +37,78 @@ describe('UndoStack', () => {
       throw new Error('merge failed');
     });
     undo.push('last', () => void ran.push('last'));
-    await expect(undo.unwind()).resolves.toEqual(['async failure', 'sync failure']);
+    await expect(undo.unwind({ failed: true })).resolves.toEqual(['async failure', 'sync failure']);
     expect(ran).toEqual(['last', 'first']);
     const errors = lines.filter((line) => line.msg === 'undo step failed');
     expect(errors.map((line) => [line.undo, line.err, line.level])).toEqual([
       ['async failure', 'merge failed', 50],
       ['sync failure', 'kill: no such process', 50],
     ]);
-    expect(lines.filter((line) => line.msg === 'undo step done').map((line) => line.undo)).toEqual(['last', 'first']);
   });
 
-  it('release drops the most recent action with that label only', async () => {
+  it('release() of a handle drops exactly that action, even among equal labels; twice is harmless', async () => {
     const undo = new UndoStack(capturingLogger().log);
     const ran: string[] = [];
     undo.push('a', () => void ran.push('a1'));
     undo.push('b', () => void ran.push('b'));
-    undo.push('a', () => void ran.push('a2'));
-    undo.release('a');
-    undo.release('not registered');
-    expect(undo.size).toBe(2);
-    await undo.unwind();
+    const second = undo.push('a', () => void ran.push('a2'));
+    const first = undo.push('a', () => void ran.push('a3'));
+    second.release();
+    second.release();
+    expect(undo.size).toBe(3);
+    first.release();
+    await undo.unwind({ failed: true });
     expect(ran).toEqual(['b', 'a1']);
+  });
+
+  it("runs 'on-failure' actions only when the job failed, 'always' ones every time", async () => {
+    for (const failed of [false, true]) {
+      const undo = new UndoStack(capturingLogger().log);
+      const ran: string[] = [];
+      undo.push('close QMP', () => void ran.push('close QMP'));
+      undo.push('remove partial snapshot', () => void ran.push('remove partial snapshot'), { when: 'on-failure' });
+      undo.push('resume parent', () => void ran.push('resume parent'), { when: 'on-failure' });
+      await expect(undo.unwind({ failed })).resolves.toEqual([]);
+      expect(ran).toEqual(failed ? ['resume parent', 'remove partial snapshot', 'close QMP'] : ['close QMP']);
+    }
+  });
+
+  it('gives each action its deadline: a hung action is abandoned, counted failed, and the rest still run', async () => {
+    const { log, lines } = capturingLogger();
+    const undo = new UndoStack(log);
+    const ran: string[] = [];
+    let sawAbort = false;
+    undo.push('remove files', () => void ran.push('remove files'));
+    undo.push('hangs and ignores its signal', () => new Promise(() => {}), { timeoutMs: 50 });
+    undo.push('hangs but honours its signal', (signal) => new Promise((_, reject) => signal.addEventListener('abort', () => {
+      sawAbort = true;
+      reject(signal.reason);
+    })), { timeoutMs: 50 });
+    const started = Date.now();
+    await expect(undo.unwind({ failed: true })).resolves.toEqual(['hangs but honours its signal', 'hangs and ignores its signal']);
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(sawAbort).toBe(true);
+    expect(ran).toEqual(['remove files']);
+    expect(lines.filter((line) => line.msg === 'undo step failed').map((line) => line.undo)).toEqual(['hangs but honours its signal', 'hangs and ignores its signal']);
+  });
+
+  it('the unwind signal bounds the whole clean-up: once aborted, the remaining actions fail fast', async () => {
+    const undo = new UndoStack(capturingLogger().log);
+    const controller = new AbortController();
+    const ran: string[] = [];
+    undo.push('after the bound', () => void ran.push('after the bound'));
+    undo.push('uses up the bound', async () => {
+      ran.push('uses up the bound');
+      controller.abort(new Error('clean-up deadline'));
+      await new Promise(() => {});
+    });
+    await expect(undo.unwind({ failed: true, signal: controller.signal })).resolves.toEqual(['uses up the bound', 'after the bound']);
+    expect(ran).toEqual(['uses up the bound']);
   });
 
   it('refuses new actions once unwound', async () => {
     const undo = new UndoStack(capturingLogger().log);
-    await undo.unwind();
+    await undo.unwind({ failed: false });
     expect(() => undo.push('late', () => {})).toThrow(/already unwound; cannot register "late"/);
   });
 });

@@ -122,14 +122,14 @@ describe('specToArgs', () => {
     })).slice(specToArgs(spec({})).length);
     expect(args).toEqual([
       '-drive', 'if=none,id=root,file=/img/root,,1.qcow2,format=qcow2,cache=none',
-      '-device', 'virtio-blk-pci,drive=root,id=root-dev',
+      '-device', 'virtio-blk-pci,drive=root,id=root',
       '-drive', 'if=none,id=seed,file=/img/seed.raw,format=raw,readonly=on',
-      '-device', 'ide-hd,drive=seed,id=seed-dev',
+      '-device', 'ide-hd,drive=seed,id=seed',
       '-drive', 'if=none,id=s1,file=/img/s1.raw,format=raw',
       '-device', 'virtio-scsi-pci,id=scsi0',
-      '-device', 'scsi-hd,drive=s1,id=s1-dev,bus=scsi0.0',
+      '-device', 'scsi-hd,drive=s1,id=s1,bus=scsi0.0',
       '-drive', 'if=none,id=s2,file=/img/s2.raw,format=raw',
-      '-device', 'scsi-hd,drive=s2,id=s2-dev,bus=scsi0.0',
+      '-device', 'scsi-hd,drive=s2,id=s2,bus=scsi0.0',
     ]);
   });
 
