@@ -67,6 +67,12 @@ def main():
     def on_event(_conn, _dom, event, secs, usecs, details, _opaque):
         message = {"event": event, "timestamp": {"seconds": secs, "microseconds": usecs}}
         if details is not None:
+            # libvirt hands the event's data over as JSON text, QMP clients expect the object.
+            if isinstance(details, str):
+                try:
+                    details = json.loads(details)
+                except ValueError:
+                    pass
             message["data"] = details
         with clients_lock:
             targets = [c for c in clients if c.negotiated and c.alive]

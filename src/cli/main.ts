@@ -24,7 +24,7 @@ Usage:
   forksnap snapshot create VM [--name ID] [--strategy auto|fork|background-snapshot|precopy]
                               [--disk-backend auto|reflink|fleecing] [--shutdown-timeout SEC] [--space-reserve MIB]
                               [--keep-crash-image] [--label KEY=VALUE]... [--max-bandwidth MIB_PER_S]
-                              [--require-clean] [--verify] [--full]
+                              [--require-clean] [--verify] [--incremental | --full]
   forksnap snapshot list [VM]                      list snapshots
   forksnap snapshot show ID                        show a snapshot's metadata
   forksnap snapshot verify ID                      re-check a stored snapshot: checksums, qemu-img check, guest filesystems
@@ -81,6 +81,7 @@ export async function main(argv: string[]): Promise<number> {
         'require-clean': { type: 'boolean', default: false },
         verify: { type: 'boolean', default: false },
         full: { type: 'boolean', default: false },
+        incremental: { type: 'boolean', default: false },
         disk: { type: 'string' },
         to: { type: 'string' },
         format: { type: 'string' },

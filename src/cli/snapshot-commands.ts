@@ -23,6 +23,12 @@ function parseChoice<T extends string>(value: unknown, allowed: readonly T[], fl
   return value as T;
 }
 
+/** --incremental / --full (the default, for now: README "Incremental storage"). */
+function parseStorage(values: Record<string, unknown>): 'full' | 'incremental' {
+  if (values.incremental === true && values.full === true) throw new ForksnapError('INVALID_INPUT', 'give --incremental or --full, not both', {});
+  return values.incremental === true ? 'incremental' : 'full';
+}
+
 function parseLabels(raw: unknown): Record<string, string> {
   const labels: Record<string, string> = {};
   for (const item of (raw as string[] | undefined) ?? []) {
@@ -37,7 +43,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
   const { paths, log, json, values } = context;
   switch (command) {
     case 'create': {
-      const usage = 'forksnap snapshot create VM [--name ID] [--strategy S] [--disk-backend B] [--shutdown-timeout SEC] [--keep-crash-image] [--label K=V] [--require-clean] [--verify]';
+      const usage = 'forksnap snapshot create VM [--name ID] [--strategy S] [--disk-backend B] [--shutdown-timeout SEC] [--keep-crash-image] [--label K=V] [--require-clean] [--verify] [--incremental | --full]';
       const [vm, ...extra] = rest;
       refuseExtra(extra, usage);
       validateName('VM', requireArg(vm, 'VM', usage));
@@ -65,6 +71,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
           shutdownTimeoutSeconds: timeoutText ? Number(timeoutText) : undefined,
           requireClean: values['require-clean'] === true,
           verify: values.verify === true,
+          storage: parseStorage(values),
           ...(reserveText !== undefined ? { spaceReserveMiB: Number(reserveText) } : {}),
         }, renderer.onEvent);
         renderer.stop();
@@ -83,7 +90,10 @@ export async function snapshotCommands(context: CliContext, command: string | un
       if (vm) validateName('VM', vm);
       const metas = await viaDaemon(context, (daemon) => daemon.request<SnapshotView[]>('GET', `/v1/snapshots${vm ? `?vm=${encodeURIComponent(vm)}` : ''}`), () => listSnapshots(paths, vm));
       if (json) printJson(metas);
-      else printTable(metas.map((m) => ({ id: m.id, vm: m.vm, created: m.createdAt, consistency: m.consistency, strategy: m.strategy, 'downtime ms': m.parentDowntimeMs, disks: m.disks.length })), ['id', 'vm', 'created', 'consistency', 'strategy', 'downtime ms', 'disks']);
+      else {
+        const stored = (m: SnapshotView) => [...new Set(m.disks.map((disk) => (disk.image.backing ? `on ${disk.image.backing.snapshot}` : 'full')))].join(', ');
+        printTable(metas.map((m) => ({ id: m.id, vm: m.vm, created: m.createdAt, consistency: m.consistency, strategy: m.strategy, 'downtime ms': m.parentDowntimeMs, disks: m.disks.length, 'own MiB': m.sizeOnDiskBytes === undefined ? undefined : (m.sizeOnDiskBytes / 1048576).toFixed(1), stored: stored(m), verified: m.verification?.verdict ?? 'never' })), ['id', 'vm', 'created', 'consistency', 'strategy', 'downtime ms', 'disks', 'own MiB', 'stored', 'verified']);
+      }
       return 0;
     }
     case 'show': {
@@ -95,7 +105,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
       if (json) printJson(meta);
       else {
         process.stdout.write(`${meta.id}\n  vm:           ${meta.vm}\n  created:      ${meta.createdAt}\n  consistency:  ${meta.consistency} (${meta.consistencyReason})\n  strategy:     ${meta.strategy}\n  downtime:     ${meta.parentDowntimeMs} ms\n  state ready:  ${meta.timeToStateMs} ms after the halt\n  image ready:  ${meta.timeToImageMs} ms after the halt\n  phases (ms):  ${Object.entries(meta.phasesMs).map(([k, v]) => `${k}=${Math.round(v)}`).join(' ')}\n`);
-        for (const disk of meta.disks) process.stdout.write(`  disk ${disk.id}: ${disk.image.path} (${disk.image.format}, ${disk.image.sizeBytes} bytes, sha256 ${disk.image.sha256}) from ${disk.source} via ${disk.backend}\n`);
+        for (const disk of meta.disks) process.stdout.write(`  disk ${disk.id}: ${disk.image.path} (${disk.image.format}, ${disk.image.sizeBytes} bytes, sha256 ${disk.image.sha256}) from ${disk.source} via ${disk.backend}${disk.image.backing ? `, an increment over ${disk.image.backing.snapshot} (${disk.image.backingPath})` : ''}\n`);
         for (const disk of meta.disks) if (disk.crashImage) process.stdout.write(`  disk ${disk.id} at the halt (crash-consistent): ${disk.crashImage.path}\n`);
         process.stdout.write(`  verification: ${meta.verification ? `${meta.verification.verdict} at ${meta.verification.at}` : 'never verified (forksnap snapshot verify)'}\n`);
       }

@@ -34,6 +34,11 @@ export const jobRequestSchema = z.strictObject({
   requireClean: z.boolean().default(false),
   /** Verify the snapshot once it is stored (`forksnap snapshot verify`); a failed check fails the job (VERIFY_FAILED) and the snapshot is kept with the verdict. */
   verify: z.boolean().default(false),
+  /**
+   * How the images are stored: 'full' (self-contained, the default for now) or 'incremental' (a
+   * qcow2 holding what differs from the VM's previous snapshot in the store; src/snapshot/incremental.ts).
+   */
+  storage: z.enum(['full', 'incremental']).default('full'),
 });
 export type JobRequest = z.infer<typeof jobRequestSchema>;
 

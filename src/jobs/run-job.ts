@@ -1,11 +1,12 @@
 import type { Logger } from 'pino';
-import { snapshotDir, type Paths } from '../config.js';
+import type { Paths } from '../config.js';
 import { ForksnapError, errorMessage, isForksnapError } from '../errors.js';
 import { runHookStage } from '../hooks/run-hooks.js';
 import { NO_HOOKS, type HookSet } from '../hooks/hook-spec.js';
 import { defaultSnapshotId } from '../snapshot/snapshot-id.js';
-import { deleteSnapshot, loadSnapshot, toSnapshotView, type SnapshotMeta, type SnapshotView, type Verification } from '../snapshot/store.js';
+import { deleteSnapshot, loadSnapshot, type SnapshotMeta, type SnapshotView, type Verification } from '../snapshot/store.js';
 import { verifySnapshot } from '../snapshot/verify.js';
+import { storeIncrementally } from '../snapshot/incremental.js';
 import { loadVm } from '../vm/registry.js';
 import { validateName } from '../validate-name.js';
 import { JobEventStream, type JobEvent, type JobEventBody } from './events.js';
@@ -99,7 +100,15 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
       }
       throw error;
     }
-    let result: SnapshotResult = toSnapshotView(meta, snapshotDir(paths, meta.id));
+    // Incremental storage: each disk's image becomes what differs from the VM's previous snapshot
+    // (or stays full, with the reason in meta.json). The snapshot is whole either way, so a failure
+    // or a cancel here keeps it full and the job a success.
+    if (request.storage === 'incremental') {
+      await storeIncrementally(paths, meta.id, { signal, log }).catch((error: unknown) => {
+        log.error({ snapshot: meta.id, err: errorMessage(error) }, 'incremental storage failed; the snapshot is kept full');
+      });
+    }
+    let result: SnapshotResult = await loadSnapshot(paths, meta.id);
     if (request.verify) {
       const verified = await verifySnapshot(paths, meta.id, { signal, log });
       result = verified.snapshot;

@@ -80,7 +80,8 @@ export const WEB_PAGE = `<!doctype html>
       var tr = el('tr');
       tr.dataset.snapshot = s.id;
       var label = el('td'); label.append(badge(s.consistency));
-      var bytes = (s.disks || []).reduce(function (sum, d) { return sum + d.image.sizeBytes; }, 0);
+      // Its own size on disk (an incremental snapshot counts only what differs from the one before).
+      var bytes = typeof s.sizeOnDiskBytes === 'number' ? s.sizeOnDiskBytes : (s.disks || []).reduce(function (sum, d) { return sum + d.image.sizeBytes; }, 0);
       var verified = el('td'); verified.className = 'verification';
       if (s.verification) {
         verified.append(badge(s.verification.verdict), el('span', ' ' + new Date(s.verification.at).toLocaleString(), 'muted'));

@@ -82,7 +82,7 @@ export interface IncrementalResult {
  * MAX_CHAIN_DEPTH). Each disk whose conversion fails stays full (logged); the snapshot is whole
  * either way.
  */
-export async function storeIncrementally(paths: Paths, id: string, options: { signal: AbortSignal; log: Logger }): Promise<IncrementalResult[]> {
+export async function storeIncrementally(paths: Paths, id: string, options: { signal: AbortSignal; log: Logger; full?: string | undefined }): Promise<IncrementalResult[]> {
   const first = await loadSnapshot(paths, id);
   return withChainLock(paths, first.vm, `incremental-${id}`, async () => {
     const view = await loadSnapshot(paths, id);
@@ -93,9 +93,16 @@ export async function storeIncrementally(paths: Paths, id: string, options: { si
       const started = Date.now();
       const base = previous?.disks.find((entry) => entry.id === disk.id);
       const sizeBefore = disk.image.sizeBytes;
-      const full = (fullReason: string) => results.push({ disk: disk.id, fullReason, sizeBefore, sizeAfter: sizeBefore, durationMs: Date.now() - started });
+      const full = (fullReason: string) => {
+        results.push({ disk: disk.id, fullReason, sizeBefore, sizeAfter: sizeBefore, durationMs: Date.now() - started });
+        if (!disk.image.backing) meta.disks[index] = { ...meta.disks[index]!, fullReason };
+      };
       if (disk.image.backing) {
         full('already incremental');
+        continue;
+      }
+      if (options.full) {
+        full(options.full);
         continue;
       }
       if (!previous || !base) {
@@ -122,6 +129,7 @@ export async function storeIncrementally(paths: Paths, id: string, options: { si
         full(`storing it incrementally failed: ${errorMessage(error).slice(0, 300)}`);
       }
     }
+    await writeMeta(view.dir, meta);
     options.log.info({ snapshot: id, disks: results }, 'snapshot stored incrementally where possible');
     return results;
   }, options.signal);

@@ -8,6 +8,7 @@ import { isAlive } from '../qemu/process-info.js';
 import { loadVm } from '../vm/registry.js';
 import { startVm } from '../vm/start-vm.js';
 import { stopVm } from '../vm/stop-vm.js';
+import { convertImage } from './qemu-img.js';
 import { loadSnapshot } from './store.js';
 
 /**
@@ -28,19 +29,22 @@ export async function revertToSnapshot(paths: Paths, id: string, options: { vm?:
   }
   const targets = meta.disks.map((disk) => {
     const target = record.disks.find((entry) => entry.id === disk.id)?.path ?? disk.source;
-    return { disk, target, source: path.join(meta.dir, disk.image.file) };
+    const format = record.disks.find((entry) => entry.id === disk.id)?.format ?? disk.sourceFormat;
+    return { disk, target, source: path.join(meta.dir, disk.image.file), format };
   });
   for (const { disk } of targets) {
     const current = record.disks.find((entry) => entry.id === disk.id);
-    if (current && current.format !== disk.image.format) {
+    // An incremental image (qcow2 over other snapshots' images) is flattened into the disk's own format.
+    if (current && current.format !== disk.image.format && !disk.image.backing) {
       throw new ForksnapError('INVALID_INPUT', `disk ${disk.id} of VM "${vmName}" is ${current.format} but the snapshot image is ${disk.image.format}`, { vm: vmName, disk: disk.id });
     }
   }
   if (running) await stopVm(paths, vmName, { log: options.log });
-  for (const { source, target } of targets) {
+  for (const { disk, source, target, format } of targets) {
     const temp = path.join(path.dirname(target), `.forksnap-revert-${path.basename(target)}`);
     try {
-      await copyFile(source, temp, constants.COPYFILE_FICLONE);
+      if (disk.image.backing) await convertImage({ file: source, format: disk.image.format }, { file: temp, format: format === 'raw' ? 'raw' : 'qcow2' });
+      else await copyFile(source, temp, constants.COPYFILE_FICLONE);
       await rename(temp, target);
     } catch (error) {
       await rm(temp, { force: true });

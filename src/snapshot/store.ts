@@ -75,6 +75,8 @@ export const snapshotMetaSchema = z.object({
     backend: z.enum(['reflink', 'qcow2-overlay', 'fleecing']),
     image: diskImageSchema,
     crashImage: diskImageSchema.optional(),
+    /** Why this disk's image is stored full rather than as an increment (incremental.ts); absent for increments and older snapshots. */
+    fullReason: z.string().optional(),
   })),
   labels: z.record(z.string(), z.string()).default({}),
   qemu: z.object({ binary: z.string(), version: z.string() }),
@@ -93,20 +95,32 @@ export type DiskImage = z.infer<typeof diskImageSchema>;
 export const SNAPSHOT_SCHEMA_VERSION = 1;
 
 const imageViewSchema = diskImageSchema.extend({
-  /** Absolute path of the image file. */
+  /** Absolute path of the image file (qemu-img and QEMU open it directly, backing chain included). */
   path: z.string(),
+  /** Incremental images: absolute path of the backing image (inside the store). */
+  backingPath: z.string().optional(),
 });
 export const snapshotViewSchema = snapshotMetaSchema.extend({
   schemaVersion: z.literal(SNAPSHOT_SCHEMA_VERSION),
   /** Absolute path of the snapshot's directory in the store. */
   dir: z.string(),
   disks: z.array(snapshotMetaSchema.shape.disks.element.extend({ image: imageViewSchema, crashImage: imageViewSchema.optional() })),
+  /** The snapshot's own size on disk (allocated bytes of its directory; an incremental image counts only its own clusters). */
+  sizeOnDiskBytes: z.number().optional(),
 });
 export type ImageView = z.infer<typeof imageViewSchema>;
 export type SnapshotView = z.infer<typeof snapshotViewSchema>;
 
 function imageView(image: DiskImage, dir: string): ImageView {
-  return { ...image, path: path.resolve(dir, image.file) };
+  return { ...image, path: path.resolve(dir, image.file), ...(image.backing ? { backingPath: path.resolve(dir, '..', image.backing.snapshot, image.backing.file) } : {}) };
+}
+
+/** The allocated sizes of a view's files, read now (what `list --json` reports as each snapshot's own size). */
+async function withSizes(view: SnapshotView): Promise<SnapshotView> {
+  const allocated = async (file: string) => stat(file).then((info) => info.blocks * 512, () => 0);
+  let total = 0;
+  for (const name of await readdir(view.dir).catch(() => [] as string[])) total += await allocated(path.join(view.dir, name));
+  return { ...view, sizeOnDiskBytes: total };
 }
 
 /** The snapshot as programs see it: absolute paths computed from where its directory is now. */
@@ -196,7 +210,7 @@ export async function loadSnapshot(paths: Paths, id: string): Promise<SnapshotVi
     }
   })();
   if (!parsed.success) throw new ForksnapError('SNAPSHOT_NOT_FOUND', `snapshot "${id}" has an unreadable meta.json (${dir}/meta.json): ${String(parsed.error).slice(0, 300)}`, { snapshot: id });
-  return toSnapshotView(parsed.data, dir);
+  return withSizes(toSnapshotView(parsed.data, dir));
 }
 
 export async function listSnapshots(paths: Paths, vm?: string): Promise<SnapshotView[]> {

@@ -65,7 +65,8 @@ export async function startLibvirtGuest(options: { domain: string; dir: string; 
   await chmod(options.dir, 0o755);
   const disk0 = path.join(options.dir, 'disk0.qcow2');
   const disk1 = path.join(options.dir, 'disk1.raw');
-  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', guest.dataDisk, '-F', 'raw', disk0]);
+  // A standalone copy: libvirt chowns a disk's backing files, and two domains must not share one.
+  await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', guest.dataDisk, disk0]);
   await execa('qemu-img', ['create', '-q', '-f', 'raw', disk1, '64M']);
   await execa('mkfs.ext4', ['-q', '-F', disk1]);
 

@@ -158,7 +158,9 @@ describe('libvirt domains', () => {
       // An external disk-only snapshot and its active block commit: libvirt's node names are intact.
       await virsh('snapshot-create-as', guest.domain, '--disk-only', '--no-metadata', '--atomic', '--diskspec', `vda,snapshot=external,file=${path.join(guest.dir, 'ext.qcow2')}`, '--diskspec', 'vdb,snapshot=no');
       await virsh('blockcommit', guest.domain, 'vda', '--active', '--pivot', '--wait');
-      expect((await libvirtView(guest.domain)).xmlSources[0]).toBe(guest.disks[0]);
+      const sources = (await libvirtView(guest.domain)).xmlSources;
+      expect(sources).toContain(guest.disks[0]);
+      expect(sources.join(' ')).not.toMatch(/ext\.qcow2/);
       const saved = path.join(guest.dir, 'saved.state');
       await virsh('save', guest.domain, saved);
       await virsh('restore', saved);

@@ -73,7 +73,10 @@ describe('snapshot store', () => {
       schemaVersion: SNAPSHOT_SCHEMA_VERSION,
       dir,
       disks: [{ ...meta('snap-1').disks[0], image: { ...meta('snap-1').disks[0]!.image, path: path.join(dir, 'd0.qcow2') } }],
+      // Its own size on disk: image and meta.json, allocated blocks.
+      sizeOnDiskBytes: expect.any(Number),
     });
+    expect(loaded.sizeOnDiskBytes).toBeGreaterThan(0);
     expect(await readFile(snapshotImagePath(loaded, 'd0'), 'utf8')).toBe('image');
   });
 
