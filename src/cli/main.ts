@@ -29,7 +29,8 @@ Usage:
   forksnap snapshot show ID                        show a snapshot's metadata
   forksnap snapshot verify ID                      re-check a stored snapshot: checksums, qemu-img check, guest filesystems
   forksnap snapshot export ID --disk DISK --to FILE [--format qcow2|raw]  a self-contained copy of one disk
-  forksnap snapshot export ID --disk DISK --nbd SOCKET  serve one disk read-only over NBD until SIGINT/SIGTERM
+  forksnap snapshot export ID --disk DISK --nbd SOCKET [--since ID2]  serve one disk read-only over NBD until SIGINT/SIGTERM
+                                                   (--since: blocks changed since ID2 as qemu:dirty-bitmap:ID2)
   forksnap snapshot delete ID                      delete a snapshot's images and metadata
   forksnap snapshot revert ID [--vm NAME] [--restart]  put a snapshot's images back on a VM
   forksnap recover [VM]                            unwind interrupted jobs (their forksnap process died) from their journals
@@ -86,6 +87,7 @@ export async function main(argv: string[]): Promise<number> {
         to: { type: 'string' },
         format: { type: 'string' },
         nbd: { type: 'string' },
+        since: { type: 'string' },
         label: { type: 'string', multiple: true },
         vm: { type: 'string' },
         restart: { type: 'boolean', default: false },

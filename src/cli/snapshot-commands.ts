@@ -126,7 +126,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
       return verification.verdict === 'passed' ? EXIT_CODES.OK : EXIT_CODES.VERIFY_FAILED;
     }
     case 'export': {
-      const usage = 'forksnap snapshot export ID --disk DISK (--to FILE [--format qcow2|raw] | --nbd SOCKET)';
+      const usage = 'forksnap snapshot export ID --disk DISK (--to FILE [--format qcow2|raw] | --nbd SOCKET [--since ID2])';
       const [id, ...extra] = rest;
       refuseExtra(extra, usage);
       requireArg(id, 'ID', usage);
@@ -136,6 +136,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
       const nbd = values.nbd as string | undefined;
       if ((to === undefined) === (nbd === undefined)) throw new ForksnapError('INVALID_INPUT', `give exactly one of --to FILE and --nbd SOCKET; usage: ${usage}`, {});
       if (values.format !== undefined && to === undefined) throw new ForksnapError('INVALID_INPUT', '--format applies to --to FILE only (NBD serves the guest disk itself)', {});
+      if (values.since !== undefined && nbd === undefined) throw new ForksnapError('INVALID_INPUT', '--since applies to --nbd SOCKET only', {});
       // In-process even when a daemon runs: the export belongs to this command's lifetime.
       if (to !== undefined) {
         const format = values.format === undefined ? undefined : parseChoice(values.format, ['qcow2', 'raw'] as const, '--format');
@@ -145,10 +146,12 @@ export async function snapshotCommands(context: CliContext, command: string | un
         return EXIT_CODES.OK;
       }
       // Serve until SIGINT/SIGTERM/SIGHUP (the context's signal); one JSON line once it accepts clients.
-      const served = await serveNbd(paths, id!, disk, nbd!, { signal: context.signal, log });
-      const serving = { snapshot: served.snapshot, disk: served.disk, socket: served.socket, exportName: served.exportName, uri: served.uri, pid: process.pid };
+      const since = values.since as string | undefined;
+      if (since !== undefined) validateName('snapshot', since);
+      const served = await serveNbd(paths, id!, disk, nbd!, { since, signal: context.signal, log });
+      const serving = { snapshot: served.snapshot, disk: served.disk, socket: served.socket, exportName: served.exportName, uri: served.uri, ...(served.metaContext ? { since, metaContext: served.metaContext, changedBytes: served.changedBytes } : {}), pid: process.pid };
       if (json) process.stdout.write(`${JSON.stringify({ serving })}\n`);
-      else process.stdout.write(`serving disk ${disk} of snapshot ${id} read-only at ${served.uri} (export "${served.exportName}"); stop with Ctrl-C or SIGTERM\n`);
+      else process.stdout.write(`serving disk ${disk} of snapshot ${id} read-only at ${served.uri} (export "${served.exportName}")${served.metaContext ? `, blocks changed since ${since} as ${served.metaContext} (${served.changedBytes} bytes)` : ''}; stop with Ctrl-C or SIGTERM\n`);
       await served.done;
       if (!context.signal.aborted) throw new ForksnapError('TOOL_FAILED', `the NBD server of snapshot ${id} disk ${disk} stopped by itself (see the log)`, { snapshot: id, disk });
       if (json) process.stdout.write(`${JSON.stringify({ stopped: { socket: served.socket } })}\n`);

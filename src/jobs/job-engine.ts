@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { Paths } from '../config.js';
 import { ForksnapError, errorMessage } from '../errors.js';
@@ -7,6 +8,7 @@ import { JobEventStream, type JobEvent } from './events.js';
 import { applyJobEvent, isFinished, newJobRecord, type JobRecord, type JobRequest, type JobStatus, type JobTrigger } from './job-record.js';
 import { JobStore } from './job-store.js';
 import { recoverInterruptedJobs } from './recover-job.js';
+import { supervisorLogFile } from '../supervisor/start-supervisor.js';
 import { checkJobRequest, runJob, type RunJobOptions, type SnapshotResult } from './run-job.js';
 import { newJobId } from './snapshot-job.js';
 
@@ -67,7 +69,12 @@ export class JobEngine {
       if (!isFinished(record.status)) {
         const undone = recovered.find((entry) => entry.job === record.id);
         const where = record.status === 'queued' ? 'while it was queued' : `during phase ${record.phase ?? 'start-up'}`;
-        const actions = undone ? [...undone.actions, ...undone.failures.map((failure) => `FAILED: ${failure}`)] : [];
+        // Normally the job's supervisor unwound it within milliseconds of the crash: say what it did.
+        const bySupervisor = await supervisorActions(this.options.paths, record.id);
+        const actions = [
+          ...(bySupervisor.length ? [`its supervisor unwound it: ${bySupervisor.join('; ')}`] : []),
+          ...(undone ? [...undone.actions, ...undone.failures.map((failure) => `FAILED: ${failure}`)] : []),
+        ];
         const failed: JobRecord = {
           ...record,
           status: 'failed',
@@ -275,4 +282,20 @@ export class JobEngine {
       await this.#store.remove(record.id);
     }
   }
+}
+
+/** What a job's supervisor did (the actions of its recovery attempts, from <state>/jobs/<job>.supervisor.log). */
+async function supervisorActions(paths: Paths, job: string): Promise<string[]> {
+  const text = await readFile(supervisorLogFile(paths, job), 'utf8').catch(() => '');
+  const actions: string[] = [];
+  for (const line of text.split('\n')) {
+    try {
+      const entry = JSON.parse(line) as { actions?: unknown; failures?: unknown };
+      if (Array.isArray(entry.actions)) for (const action of entry.actions) if (typeof action === 'string' && !actions.includes(action)) actions.push(action);
+      if (Array.isArray(entry.failures)) for (const failure of entry.failures) if (typeof failure === 'string') actions.push(`FAILED: ${failure}`);
+    } catch {
+      // not a log line (a torn write at the end)
+    }
+  }
+  return actions;
 }

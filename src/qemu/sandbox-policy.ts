@@ -39,6 +39,7 @@ export async function readSandboxPolicy(pid: number): Promise<SandboxPolicy> {
   const argv = await readCmdline(pid);
   const spawnDenied = parseSandboxSpawnDenied(argv);
   if (!spawnDenied) return { spawnDenied, forkAllowedByPatch: false };
+  // No binary path or no BUILD-INFO.json (not a forksnap build): the patch is not known to be there.
   const exe = await readExe(pid).catch(() => '');
   const info = exe ? await readFile(path.join(path.dirname(exe), '..', 'BUILD-INFO.json'), 'utf8').catch(() => '') : '';
   let patches: unknown = [];

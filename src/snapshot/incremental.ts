@@ -1,5 +1,5 @@
 import { execa } from 'execa';
-import { rename, rm } from 'node:fs/promises';
+import { readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Paths } from '../config.js';
@@ -86,12 +86,12 @@ export async function storeIncrementally(paths: Paths, id: string, options: { si
   const first = await loadSnapshot(paths, id);
   return withChainLock(paths, first.vm, `incremental-${id}`, async () => {
     const view = await loadSnapshot(paths, id);
-    const previous = (await listSnapshots(paths, view.vm)).filter((other) => other.id !== id && other.createdAt <= view.createdAt && other.verification?.verdict !== 'failed').at(-1);
+    // A conversion interrupted by a dead process leaves its temporary overlay: not part of the snapshot.
+    for (const name of await readdir(view.dir)) if (/^\..+\.incremental$/.test(name)) await rm(path.join(view.dir, name), { force: true });
     const meta = metaOf(view);
     const results: IncrementalResult[] = [];
     for (const [index, disk] of view.disks.entries()) {
       const started = Date.now();
-      const base = previous?.disks.find((entry) => entry.id === disk.id);
       const sizeBefore = disk.image.sizeBytes;
       const full = (fullReason: string) => {
         results.push({ disk: disk.id, fullReason, sizeBefore, sizeAfter: sizeBefore, durationMs: Date.now() - started });
@@ -105,27 +105,20 @@ export async function storeIncrementally(paths: Paths, id: string, options: { si
         full(options.full);
         continue;
       }
-      if (!previous || !base) {
-        full(previous ? `the previous snapshot ${previous.id} has no disk ${disk.id}` : 'no previous snapshot of this VM');
-        continue;
-      }
-      if (base.virtualSize !== disk.virtualSize) {
-        full(`disk size changed since ${previous.id} (${base.virtualSize} -> ${disk.virtualSize} bytes)`);
-        continue;
-      }
-      if ((await chainDepth(paths, base.image)) + 1 > MAX_CHAIN_DEPTH) {
-        full(`the chain over ${previous.id} is ${MAX_CHAIN_DEPTH} deep: a full image starts a new one`);
+      const base = await incrementalBase(paths, view.vm, disk, view.createdAt, id);
+      if ('fullReason' in base) {
+        full(base.fullReason);
         continue;
       }
       try {
-        const image = await rebaseOnto(view, disk.image, { snapshot: previous.id, file: base.image.file, format: base.image.format }, options.signal);
+        const image = await rebaseOnto(view, disk.image, base.backing, options.signal);
         meta.disks[index] = { ...meta.disks[index]!, image };
         await writeMeta(view.dir, meta);
         if (image.file !== disk.image.file) await rm(disk.image.path, { force: true });
-        results.push({ disk: disk.id, base: previous.id, sizeBefore, sizeAfter: image.sizeBytes, durationMs: Date.now() - started });
+        results.push({ disk: disk.id, base: base.backing.snapshot, sizeBefore, sizeAfter: image.sizeBytes, durationMs: Date.now() - started });
       } catch (error) {
         if (options.signal.aborted) throw options.signal.reason;
-        options.log.error({ snapshot: id, disk: disk.id, base: previous.id, err: errorMessage(error) }, 'storing the disk incrementally failed; it stays a full image');
+        options.log.error({ snapshot: id, disk: disk.id, base: base.backing.snapshot, err: errorMessage(error) }, 'storing the disk incrementally failed; it stays a full image');
         full(`storing it incrementally failed: ${errorMessage(error).slice(0, 300)}`);
       }
     }
@@ -142,20 +135,43 @@ export async function storeIncrementally(paths: Paths, id: string, options: { si
  */
 async function rebaseOnto(view: SnapshotView, image: SnapshotView['disks'][number]['image'], backing: NonNullable<DiskImage['backing']>, signal: AbortSignal): Promise<DiskImage> {
   const finalName = `${path.basename(image.file, path.extname(image.file))}.qcow2`;
-  const temp = path.join(view.dir, `.${finalName}.incremental`);
+  await writeIncrementalImage({ file: image.path, format: image.format }, path.join(view.dir, finalName), backing, signal);
+  const described = await describeImage(path.join(view.dir, finalName), 'qcow2', signal);
+  return { ...described, backing };
+}
+
+/**
+ * Write `dest` (in a snapshot directory of the store, final or partial) as a qcow2 whose content is
+ * `source`'s and whose backing is `backing` (an image of another snapshot, named relatively:
+ * "../<snapshot>/<file>"), holding only the ranges where the two differ. `source` is only read; it
+ * may be any image qemu-img opens (a finished image, or the child's disk over a live view: the job
+ * pipeline can call this in materialise instead of writing a full image). Written under a temporary
+ * name and renamed into place.
+ */
+export async function writeIncrementalImage(source: { file: string; format: string }, dest: string, backing: NonNullable<DiskImage['backing']>, signal: AbortSignal): Promise<void> {
+  const temp = path.join(path.dirname(dest), `.${path.basename(dest)}.incremental`);
   const relative = `../${backing.snapshot}/${backing.file}`;
   try {
-    await qemuImg(['create', '-q', '-f', 'qcow2', '-b', image.path, '-F', image.format, temp], signal);
-    // Safe mode: every cluster where the old backing (the full image) and the new one differ is
-    // copied into the overlay; nothing else is written. The relative path is resolved next to it.
+    await qemuImg(['create', '-q', '-f', 'qcow2', '-b', source.file, '-F', source.format, temp], signal);
+    // Safe mode: every range where the old backing (the source) and the new one differ is copied
+    // into the overlay; nothing else is written. The relative path is resolved next to the overlay.
     await qemuImg(['rebase', '-q', '-f', 'qcow2', '-b', relative, '-F', backing.format, temp], signal);
-    await rename(temp, path.join(view.dir, finalName));
+    await rename(temp, dest);
   } catch (error) {
     await rm(temp, { force: true });
     throw error;
   }
-  const described = await describeImage(path.join(view.dir, finalName), 'qcow2', signal);
-  return { ...described, backing };
+}
+
+/** The image of `diskId` in the VM's latest snapshot before `createdAt` that an increment may be stored on, or why there is none. */
+export async function incrementalBase(paths: Paths, vm: string, disk: { id: string; virtualSize: number }, createdAt: string, excluding?: string): Promise<{ backing: NonNullable<DiskImage['backing']> } | { fullReason: string }> {
+  const previous = (await listSnapshots(paths, vm)).filter((other) => other.id !== excluding && other.createdAt <= createdAt && other.verification?.verdict !== 'failed').at(-1);
+  const base = previous?.disks.find((entry) => entry.id === disk.id);
+  if (!previous) return { fullReason: 'no previous snapshot of this VM' };
+  if (!base) return { fullReason: `the previous snapshot ${previous.id} has no disk ${disk.id}` };
+  if (base.virtualSize !== disk.virtualSize) return { fullReason: `disk size changed since ${previous.id} (${base.virtualSize} -> ${disk.virtualSize} bytes)` };
+  if ((await chainDepth(paths, base.image)) + 1 > MAX_CHAIN_DEPTH) return { fullReason: `the chain over ${previous.id} is ${MAX_CHAIN_DEPTH} deep: a full image starts a new one` };
+  return { backing: { snapshot: previous.id, file: base.image.file, format: base.image.format } };
 }
 
 /**

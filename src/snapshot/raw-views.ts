@@ -10,7 +10,7 @@ import { ForksnapError, errorMessage } from '../errors.js';
  * for tools that only read raw block devices or files (e2fsck, dumpe2fs, xfs_repair, blkid, partx):
  * one qemu-storage-daemon (Debian's qemu-system-common) with a FUSE export per range, each a byte
  * range of the guest disk (the whole disk, or one partition). Nothing can write through them
- * (read-only nodes, `writable=off`); the image is opened with a shared lock only.
+ * (read-only nodes, `writable=off`). The image is opened with a shared lock: while a view is open, a merge (snapshot delete) that would write the image fails instead of changing it under the reader.
  *
  * `close()` stops the daemon (which unmounts its exports) and removes the mount points; if the
  * daemon could not unmount, a lazy unmount is tried and logged.
@@ -37,7 +37,7 @@ const READY_TIMEOUT_MS = 20_000;
 export async function openRawViews(image: { file: string; format: 'raw' | 'qcow2' }, ranges: readonly RawRange[], options: { signal: AbortSignal; log: Logger }): Promise<RawViews> {
   const dir = await mkdtemp(path.join(tmpdir(), 'forksnap-view-'));
   const files: Record<string, string> = {};
-  const args = ['--blockdev', `driver=${image.format},node-name=img,read-only=on,file.driver=file,file.filename=${escapeOption(image.file)},file.locking=off`];
+  const args = ['--blockdev', `driver=${image.format},node-name=img,read-only=on,file.driver=file,file.filename=${escapeOption(image.file)}`];
   ranges.forEach((range, index) => {
     const file = path.join(dir, `${index}.raw`);
     files[range.name] = file;

@@ -83,7 +83,8 @@ async function connectRetryingBusy(socket: string, options: OpenOptions): Promis
     } catch (error) {
       if (options.signal?.aborted) throw options.signal.reason;
       lastError = error;
-      const busy = isForksnapError(error) && /greeting|timed out|took longer/i.test(errorMessage(error));
+      // Accepted but no greeting in time (the kernel queues us behind the client QEMU serves).
+      const busy = (isForksnapError(error, 'QMP_CONNECT_FAILED') && isForksnapError(error.cause, 'PHASE_TIMEOUT')) || /greeting/i.test(errorMessage(error));
       if (!busy) throw error;
       if (Date.now() >= deadline) break;
       options.log.info({ socket, attempt }, 'QMP socket busy (another client holds it); retrying');

@@ -94,10 +94,11 @@ describe('bad input is refused with a clear message and nothing changes', () => 
       await withQmp(qmpSocket, (qmp) => qmp.execute('cont'));
     });
 
-    it('a running VM without writable disks → exit 2, nothing to snapshot', async () => {
+    it('a running VM without writable disks → exit 3 (a refused precondition), nothing to snapshot', async () => {
       const cli = await runCli(['snapshot', 'create', 'idle', '--json'], state);
-      expect(cli.exitCode).toBe(2);
+      expect(cli.exitCode).toBe(3);
       expect(cli.stdout).toMatch(/no writable disk/);
+      expect(cli.lines.find((line) => line.type === 'job-failed')).toMatchObject({ code: 'VM_NO_WRITABLE_DISK' });
       expect((await vmStatus(qmpSocket)).status).toBe('running');
     });
 

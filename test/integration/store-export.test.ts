@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,7 +26,37 @@ beforeAll(async () => {
   await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', path.join(work, 'data.raw'), path.join(work, 'data.qcow2')]);
   await storeSnapshot(paths, { id: 's1', vm: 'v', createdAt: '2026-12-01T00:00:00Z', disks: [{ id: 'data', file: path.join(work, 'data.qcow2'), format: 'qcow2' }] });
   stored = path.join(state, 'snapshots', 's1', 'data.qcow2');
+  // s2: the same disk with a new 192 KiB file and an overwritten 4 KiB at 20 MiB (raw, like a raw VM disk).
+  await cp(path.join(work, 'data.raw'), path.join(work, 'data2.raw'));
+  await execa('dd', ['if=/dev/urandom', `of=${path.join(work, 'new.bin')}`, 'bs=1K', 'count=192', 'status=none']);
+  await execa('debugfs', ['-w', '-R', `write ${path.join(work, 'new.bin')} new`, path.join(work, 'data2.raw')]);
+  await execa('dd', ['if=/dev/urandom', `of=${path.join(work, 'data2.raw')}`, 'bs=4K', 'count=1', `seek=${(20 * 1024) / 4}`, 'conv=notrunc', 'status=none']);
+  await storeSnapshot(paths, { id: 's2', vm: 'v', createdAt: '2026-12-01T00:00:01Z', disks: [{ id: 'data', file: path.join(work, 'data2.raw'), format: 'raw' }] });
+  contents = [path.join(work, 'data.raw'), path.join(work, 'data2.raw')];
 }, 60_000);
+
+let contents: string[] = [];
+
+/** The 64 KiB blocks in which two raw files differ, as [start, end) byte ranges, merged. */
+async function differingRanges(a: string, b: string, block = 65536): Promise<[number, number][]> {
+  const [left, right] = [await readFile(a), await readFile(b)];
+  const ranges: [number, number][] = [];
+  for (let offset = 0; offset < left.length; offset += block) {
+    if (left.subarray(offset, offset + block).equals(right.subarray(offset, offset + block))) continue;
+    const last = ranges.at(-1);
+    if (last && last[1] === offset) last[1] = offset + block;
+    else ranges.push([offset, offset + block]);
+  }
+  return ranges;
+}
+
+async function waitForServing(server: ReturnType<typeof startCli>): Promise<Record<string, any>> {
+  let output = '';
+  server.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const deadline = Date.now() + 30_000;
+  while (!output.includes('"serving"') && Date.now() < deadline && server.exitCode === null) await new Promise((resolve) => setTimeout(resolve, 50));
+  return (JSON.parse(output.split('\n')[0]!) as { serving: Record<string, any> }).serving;
+}
 
 afterAll(async () => {
   const left = await execa('pgrep', ['-f', `qemu-nbd.*${root}`], { reject: false });
@@ -95,5 +125,31 @@ describe('snapshot export --nbd', () => {
     const ended = await server;
     expect(ended.exitCode, String(ended.stderr)).toBe(0);
     await expect(stat(socket)).rejects.toThrow();
+  });
+
+  it('with --since exposes exactly the blocks that differ from the older snapshot as qemu:dirty-bitmap:ID2', async () => {
+    const socket = path.join(root, 'since.sock');
+    const server = startCli(['snapshot', 'export', 's2', '--disk', 'data', '--nbd', socket, '--since', 's1', '--json'], state);
+    const serving = await waitForServing(server);
+    expect(serving).toMatchObject({ exportName: 'data', since: 's1', metaContext: 'qemu:dirty-bitmap:s1' });
+    // The content served is snapshot s2's.
+    expect((await execa('qemu-img', ['compare', '-F', 'raw', contents[1]!, serving.uri], { reject: false })).exitCode).toBe(0);
+    // qemu's NBD client maps a dirty-bitmap context onto block status: dirty = "data": false.
+    const map = await execa('qemu-img', ['map', '--output=json', '--image-opts', `driver=nbd,server.type=unix,server.path=${socket},export=data,x-dirty-bitmap=qemu:dirty-bitmap:s1`]);
+    const dirty = (JSON.parse(map.stdout) as { start: number; length: number; data: boolean }[]).filter((entry) => !entry.data).map((entry): [number, number] => [entry.start, entry.start + entry.length]);
+    const expected = await differingRanges(contents[0]!, contents[1]!);
+    console.log(`changed since s1: ${JSON.stringify(dirty)} (${serving.changedBytes} bytes in the overlay)`);
+    expect(expected.length).toBeGreaterThanOrEqual(2);
+    expect(dirty).toEqual(expected);
+    server.kill('SIGTERM');
+    expect((await server).exitCode).toBe(0);
+    // The temporary bitmap overlay is gone with the server.
+    expect(await readdir(path.join(state, 'work')).catch(() => [])).toEqual([]);
+  });
+
+  it('refuses --since a later snapshot or with --to', async () => {
+    expect((await runCli(['snapshot', 'export', 's1', '--disk', 'data', '--nbd', path.join(root, 'x.sock'), '--since', 's2'], state)).exitCode).toBe(2);
+    expect((await runCli(['snapshot', 'export', 's2', '--disk', 'data', '--to', path.join(root, 'z.qcow2'), '--since', 's1'], state)).exitCode).toBe(2);
+    await expect(stat(path.join(root, 'x.sock'))).rejects.toThrow();
   });
 });

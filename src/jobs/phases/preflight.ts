@@ -10,6 +10,7 @@ import { blockJobInfoList, migrationInfo, statusInfo } from '../../qmp/schemas.j
 import { validateName } from '../../validate-name.js';
 import { inspectVm, type VmInventory } from '../../vm/inspect.js';
 import { loadVm } from '../../vm/registry.js';
+import { isAlive } from '../../qemu/process-info.js';
 import { describeEndpoint, endpointOf, openVmQmp, type QmpEndpoint, type VmQmp } from '../../vm/vm-qmp.js';
 import type { ParentReconnect } from '../ensure-parent-running.js';
 import { JobJournal } from '../journal.js';
@@ -62,6 +63,7 @@ export async function preflight(context: JobContext): Promise<Preflight> {
       });
     });
     if (!record.pid) throw new ForksnapError('VM_NOT_RUNNING', `VM "${vm}" has no known QEMU pid; re-attach it with --pid`, { vm });
+    if (!(await isAlive(record.pid))) throw new ForksnapError('VM_NOT_RUNNING', `VM "${vm}" is not running: its QEMU process ${record.pid} is gone`, { vm, pid: record.pid });
     const endpoint = endpointOf(record);
     const connection = await connectParent(endpoint, vm, context, signal);
     const parent = connection.qmp;
