@@ -49,9 +49,14 @@ async function createThroughDaemon(daemon: DaemonClient, context: CliContext, re
   }
   const record = await daemon.request<JobRecord>('GET', `/v1/jobs/${encodeURIComponent(job)}`);
   if (record.status === 'succeeded' && record.snapshot) {
-    // The daemon answers with the view; a daemon of an older forksnap only with the metadata.
-    const dir = (record.snapshot as Partial<SnapshotView>).dir ?? snapshotDir(context.paths, record.snapshot.id);
-    return toSnapshotView(record.snapshot, dir);
+    // The store's view as the daemon reads it now (what in-process returns: incremental storage,
+    // sizes, verification); from the job record if it is gone already (retention) or the daemon is older.
+    const snapshot = record.snapshot;
+    const fromRecord = () => toSnapshotView(snapshot, (snapshot as Partial<SnapshotView>).dir ?? snapshotDir(context.paths, snapshot.id));
+    return daemon.request<SnapshotView>('GET', `/v1/snapshots/${encodeURIComponent(snapshot.id)}`).catch((error: unknown) => {
+      context.log.debug({ snapshot: snapshot.id, err: errorMessage(error) }, 'the daemon did not show the new snapshot; using the job record');
+      return fromRecord();
+    });
   }
   throw errorFromAnswer({ error: { code: record.error?.code ?? 'INTERNAL', message: record.error?.message ?? `job ${job} ended ${record.status}`, context: { job, vm: record.vm, ...(record.error?.phase ? { phase: record.error.phase } : {}), ...(record.snapshotId ? { snapshotId: record.snapshotId } : {}) } } }, 500);
 }

@@ -15,7 +15,7 @@ import type { CliContext } from './context.js';
 const USAGE = `forksnap — fully consistent snapshots of running QEMU VMs
 
 Usage:
-  forksnap vm start SPEC.json                      start a VM from a spec file
+  forksnap vm start SPEC.json [--qemu-base 7.2|10.0]  start a VM from a spec file (the patched QEMU of that base)
   forksnap vm attach NAME --qmp SOCKET [--pid PID] adopt a running QEMU
   forksnap vm attach NAME --libvirt DOMAIN [--connect URI]  adopt a libvirt domain (default URI qemu:///system)
   forksnap vm list                                 list VMs
@@ -69,6 +69,7 @@ export async function main(argv: string[]): Promise<number> {
         help: { type: 'boolean', short: 'h', default: false },
         qmp: { type: 'string' },
         libvirt: { type: 'string' },
+        'qemu-base': { type: 'string' },
         connect: { type: 'string' },
         pid: { type: 'string' },
         powerdown: { type: 'boolean', default: false },

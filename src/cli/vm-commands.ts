@@ -2,6 +2,7 @@ import path from 'node:path';
 import { ForksnapError } from '../errors.js';
 import { isAlive } from '../qemu/process-info.js';
 import { attachVm, DEFAULT_LIBVIRT_URI } from '../vm/attach-vm.js';
+import { parseQemuBase } from '../qemu/binary.js';
 import { listVms, loadVm, removeVm, type VmRecord } from '../vm/registry.js';
 import { loadVmSpec } from '../vm/spec.js';
 import { startVm } from '../vm/start-vm.js';
@@ -14,11 +15,12 @@ export async function vmCommands(context: CliContext, command: string | undefine
   const { paths, log, json, values } = context;
   switch (command) {
     case 'start': {
-      const usage = 'forksnap vm start SPEC.json';
+      const usage = 'forksnap vm start SPEC.json [--qemu-base 7.2|10.0]';
       const [file, ...extra] = rest;
       refuseExtra(extra, usage);
+      const qemuBase = values['qemu-base'] !== undefined ? parseQemuBase(String(values['qemu-base']), '--qemu-base') : undefined;
       const spec = await loadVmSpec(requireArg(file, 'SPEC', usage));
-      const record = await startVm(paths, spec, { log, signal: context.signal });
+      const record = await startVm(paths, spec, { log, signal: context.signal, ...(qemuBase ? { qemuBase } : {}) });
       if (json) printJson(record);
       else process.stdout.write(`VM ${record.name} started (pid ${record.pid}, QMP ${record.qmpSocket})\n`);
       return 0;

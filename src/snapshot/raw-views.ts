@@ -88,7 +88,7 @@ export async function openRawViews(image: { file: string; format: 'raw' | 'qcow2
     }
     daemon.kill('SIGKILL');
     const result = await daemon;
-    throw new ForksnapError('TOOL_FAILED', `qemu-storage-daemon could not export ${image.file} read-only over FUSE (exit ${result.exitCode ?? result.signal}): ${String(result.all ?? '').trim().slice(-1500)}`, { image: image.file, command: result.command });
+    throw new ForksnapError('TOOL_FAILED', `qemu-storage-daemon could not export ${image.file} read-only over FUSE (${result.exitCode !== undefined ? `exit ${result.exitCode}` : result.signal ?? result.shortMessage}): ${String(result.all ?? '').trim().slice(-1500)}`, { image: image.file, command: result.command });
   } catch (error) {
     await close();
     throw error;

@@ -1,11 +1,13 @@
 import { execa } from 'execa';
-import { stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Paths } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { qemuImgBinary } from './qemu-img.js';
 import { loadSnapshot, recordVerification, sha256File, type ImageView, type SnapshotView, type Verification, type VerificationCheck } from './store.js';
+import { storageDaemonBinary } from './raw-views.js';
 import { checkFilesystems } from './verify-filesystem.js';
 
 /**
@@ -34,6 +36,11 @@ export async function verifySnapshot(paths: Paths, id: string, options: { signal
       checks.push(await checkQcow2(disk.id, role, image, options.signal));
     }
     // The crash-consistent image is expected to need journal recovery: only the snapshot image's filesystems are checked.
+    const missing = await filesystemToolsMissing();
+    if (missing) {
+      checks.push({ disk: disk.id, check: 'filesystem', target: 'whole disk', status: 'not-checked', detail: missing });
+      continue;
+    }
     try {
       checks.push(...await checkFilesystems(disk.id, { file: disk.image.path, format: disk.image.format }, { signal: options.signal, log }));
     } catch (error) {
@@ -50,6 +57,14 @@ export async function verifySnapshot(paths: Paths, id: string, options: { signal
   const snapshot = await recordVerification(paths, id, verification);
   log[verification.verdict === 'passed' ? 'info' : 'error']({ verdict: verification.verdict, failed: checks.filter((check) => check.status === 'failed'), durationMs: verification.durationMs }, 'snapshot verified');
   return { snapshot, verification };
+}
+
+/** Why guest filesystems cannot be read here at all (then they are "not-checked", not failed), or undefined. */
+async function filesystemToolsMissing(): Promise<string | undefined> {
+  if (!(await access('/dev/fuse', constants.R_OK | constants.W_OK).then(() => true, () => false))) return 'no /dev/fuse: the guest filesystems cannot be read (qemu-storage-daemon FUSE export)';
+  const found = await execa(storageDaemonBinary(), ['--version'], { reject: false });
+  if (found.exitCode !== 0) return `${storageDaemonBinary()} is not installed (Debian: qemu-system-common): the guest filesystems cannot be read`;
+  return undefined;
 }
 
 async function checkChecksum(disk: string, target: string, image: ImageView, signal: AbortSignal): Promise<VerificationCheck> {

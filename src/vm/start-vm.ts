@@ -4,7 +4,7 @@ import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { vmDir, type Paths } from '../config.js';
 import { ForksnapError } from '../errors.js';
-import { resolveQemuBinary } from '../qemu/binary.js';
+import { resolveQemuBinary, type QemuBase } from '../qemu/binary.js';
 import { journalFile } from '../jobs/journal.js';
 import { pendingJournals } from '../jobs/recover-job.js';
 import { isAlive } from '../qemu/process-info.js';
@@ -17,7 +17,7 @@ import { specToArgs, type VmSpec } from './spec.js';
  * Start a VM from a validated spec: QEMU daemonizes (it outlives the CLI), its QMP socket and pid
  * file live in the VM's state directory.
  */
-export async function startVm(paths: Paths, spec: VmSpec, options: { log: Logger; signal?: AbortSignal }): Promise<VmRecord> {
+export async function startVm(paths: Paths, spec: VmSpec, options: { log: Logger; signal?: AbortSignal; qemuBase?: QemuBase }): Promise<VmRecord> {
   const existing = await loadVm(paths, spec.name).catch(() => undefined);
   if (existing?.pid && (await isAlive(existing.pid))) {
     throw new ForksnapError('VM_EXISTS', `VM "${spec.name}" is already running (pid ${existing.pid})`, { vm: spec.name, pid: existing.pid });
@@ -30,7 +30,7 @@ export async function startVm(paths: Paths, spec: VmSpec, options: { log: Logger
   const pidFile = path.join(dir, 'qemu.pid');
   await rm(qmpSocket, { force: true });
   await rm(pidFile, { force: true });
-  const binary = await resolveQemuBinary(paths);
+  const binary = await resolveQemuBinary(paths, options.qemuBase ? { base: options.qemuBase } : {});
   const argv = [
     binary,
     ...specToArgs(spec),

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import type { Logger } from 'pino';
@@ -83,15 +84,29 @@ async function connectRetryingBusy(socket: string, options: OpenOptions): Promis
     } catch (error) {
       if (options.signal?.aborted) throw options.signal.reason;
       lastError = error;
-      // Accepted but no greeting in time (the kernel queues us behind the client QEMU serves).
-      const busy = (isForksnapError(error, 'QMP_CONNECT_FAILED') && isForksnapError(error.cause, 'PHASE_TIMEOUT')) || /greeting/i.test(errorMessage(error));
+      // Accepted but no greeting in time (the kernel queues us behind the client QEMU serves), as
+      // opposed to no socket or nobody listening (a VM that is gone): only the first is retried.
+      const timedOut = (isForksnapError(error, 'QMP_CONNECT_FAILED') && isForksnapError(error.cause, 'PHASE_TIMEOUT')) || /greeting/i.test(errorMessage(error));
+      const busy = timedOut && (await acceptsConnections(socket));
       if (!busy) throw error;
       if (Date.now() >= deadline) break;
       options.log.info({ socket, attempt }, 'QMP socket busy (another client holds it); retrying');
       await sleep(Math.min(500, Math.max(0, deadline - Date.now())), options.signal);
     }
   }
-  throw new ForksnapError('VM_BUSY', `the QMP socket ${socket} is held by another client (only one at a time; e.g. Proxmox's qm, libvirt, or another monitor user) and did not free up within ${Math.round((options.busyTimeoutMs ?? 10_000) / 1000)} s: ${errorMessage(lastError)}`, { socket }, { cause: lastError });
+  throw new ForksnapError('VM_BUSY', `the QMP socket ${socket} accepts connections but sent no greeting: another client holds it (QEMU serves one at a time; e.g. Proxmox's qm, libvirt, or another monitor user) or QEMU is hung; it did not free up within ${Math.round((options.busyTimeoutMs ?? 10_000) / 1000)} s: ${errorMessage(lastError)}`, { socket }, { cause: lastError });
+}
+
+/** Whether something listens on a UNIX socket (a connect succeeds), without speaking to it. */
+function acceptsConnections(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socket);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
 }
 
 interface Bridge {

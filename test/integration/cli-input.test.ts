@@ -41,6 +41,17 @@ describe('bad input is refused with a clear message and nothing changes', () => 
     expect(await readdir(path.join(state, 'vms')).catch(() => [])).toEqual([]);
   });
 
+  it('vm start with an unknown --qemu-base → exit 2, INVALID_INPUT naming the supported ones; attach needs exactly one of --qmp / --libvirt', async () => {
+    const cli = await runCli(['vm', 'start', await spec('ok.json', { name: 'a', memoryMiB: 64 }), '--qemu-base', '9.9'], state);
+    expect(cli.exitCode).toBe(2);
+    expect(cli.stderr).toMatch(/INVALID_INPUT.*--qemu-base: unknown QEMU base "9\.9" \(supported: 7\.2, 10\.0\)/);
+    for (const args of [['vm', 'attach', 'x'], ['vm', 'attach', 'x', '--qmp', '/tmp/q.sock', '--libvirt', 'dom'], ['vm', 'attach', 'x', '--qmp', '/tmp/q.sock', '--connect', 'qemu:///system']]) {
+      const attach = await runCli(args, state);
+      expect(attach.exitCode, args.join(' ')).toBe(2);
+      expect(attach.stderr).toMatch(/INVALID_INPUT/);
+    }
+  });
+
   it('unknown VM → exit 4, VM_NOT_FOUND', async () => {
     const cli = await runCli(['snapshot', 'create', 'nosuch', '--json'], state);
     expect(cli.exitCode).toBe(4);

@@ -88,7 +88,9 @@ export async function capture(context: JobContext, pre: Preflight, prepared: Pre
   if (result.strategy === 'background-snapshot') {
     await rm(pre.staleMarker, { force: true }).catch((error: unknown) => log.warn({ err: errorMessage(error) }, 'could not remove the write-tracking-stale marker'));
   }
-  await migrationSettings.restore();
+  // The snapshot does not depend on this: a refusal is logged and retried by the clean-up (which
+  // keeps the journal, and so the originals, if it fails again).
+  await migrationSettings.restore().catch((error: unknown) => log.warn({ err: errorMessage(error) }, 'the parent\'s migration settings could not be put back yet; the clean-up retries'));
   return result;
 }
 

@@ -33,6 +33,9 @@ export class ParentMigrationSettings {
     try {
       await restore();
     } catch (error) {
+      // Kept, so the clean-up's undo tries again (and, failing there too, keeps the journal, whose
+      // originals the supervisor or the next job restore).
+      this.#restore = restore;
       this.log.error({ err: errorMessage(error) }, 'restoring the parent\'s migration settings failed');
       throw error;
     }
