@@ -157,3 +157,26 @@ export class FakeQmpServer {
     socket.write(`${JSON.stringify({ ...reply, ...(command.id !== undefined ? { id: command.id } : {}) })}\n`);
   }
 }
+
+/** Clean-up functions a test file runs after each test (last registered, first run). */
+export type Cleanups = (() => Promise<void> | void)[];
+
+/** A FakeQmpServer with the given handlers and a real QmpClient connected to it, both closed by `cleanups`. */
+export async function fakeQmpPeer(handlers: FakeQmpServerOptions['handlers'], cleanups: Cleanups, log: import('pino').Logger): Promise<{ server: FakeQmpServer; qmp: import('../../src/qmp/client.js').QmpClient }> {
+  const { QmpClient } = await import('../../src/qmp/client.js');
+  const server = await FakeQmpServer.start({ handlers });
+  cleanups.push(() => server.close());
+  const qmp = await QmpClient.connect(server.path, { log, timeoutMs: 2000 });
+  cleanups.push(() => qmp.close());
+  return { server, qmp };
+}
+
+/** The error a promise rejects with (fails the test if it resolves). */
+export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected the promise to reject');
+}

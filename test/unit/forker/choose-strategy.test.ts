@@ -1,8 +1,7 @@
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { chooseStrategy, supportedStrategies } from '../../../src/forker/choose-strategy.js';
-import { QmpClient } from '../../../src/qmp/client.js';
-import { FakeQmpServer } from '../../helpers/fake-qmp-server.js';
+import { fakeQmpPeer, type FakeQmpServerOptions } from '../../helpers/fake-qmp-server.js';
 
 const log = pino({ level: 'silent' });
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -10,13 +9,7 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-async function qmpWith(handlers: NonNullable<Parameters<typeof FakeQmpServer.start>[0]>["handlers"]): Promise<{ server: FakeQmpServer; qmp: QmpClient }> {
-  const server = await FakeQmpServer.start({ handlers });
-  cleanups.push(() => server.close());
-  const qmp = await QmpClient.connect(server.path, { log, timeoutMs: 2000 });
-  cleanups.push(() => qmp.close());
-  return { server, qmp };
-}
+const qmpWith = (handlers: FakeQmpServerOptions['handlers']) => fakeQmpPeer(handlers, cleanups, log);
 
 describe('choosing a strategy never files a cancel or a dropped connection under "not supported"', () => {
   const capabilities = { return: [{ capability: 'background-snapshot', state: false }, { capability: 'pause-before-switchover', state: false }] };

@@ -2,8 +2,7 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { waitForIncomingComplete, waitForMigrationStatus, waitUntilMigrationFinalized } from '../../../src/forker/wait-for-migration.js';
 import { QemuChildProcess } from '../../../src/qemu/child-process.js';
-import { QmpClient } from '../../../src/qmp/client.js';
-import { FakeQmpServer } from '../../helpers/fake-qmp-server.js';
+import { fakeQmpPeer, type FakeQmpServerOptions } from '../../helpers/fake-qmp-server.js';
 
 const log = pino({ level: 'silent' });
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -11,13 +10,7 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-async function qmpWith(handlers: NonNullable<Parameters<typeof FakeQmpServer.start>[0]>["handlers"]): Promise<{ server: FakeQmpServer; qmp: QmpClient }> {
-  const server = await FakeQmpServer.start({ handlers });
-  cleanups.push(() => server.close());
-  const qmp = await QmpClient.connect(server.path, { log, timeoutMs: 2000 });
-  cleanups.push(() => qmp.close());
-  return { server, qmp };
-}
+const qmpWith = (handlers: FakeQmpServerOptions['handlers']) => fakeQmpPeer(handlers, cleanups, log);
 
 function sleeper(): QemuChildProcess {
   const child = QemuChildProcess.spawn(['sleep', '100'], log);

@@ -1,3 +1,4 @@
+import { rejection } from '../../helpers/fake-qmp-server.js';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { ForksnapError } from '../../../src/errors.js';
@@ -11,14 +12,6 @@ function runner(signal: AbortSignal = new AbortController().signal) {
   return { events, phases: new PhaseRunner(events, log, signal, { vm: 'vm1', job: 'j1' }) };
 }
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the promise to reject');
-}
 
 /** A body that fails only when its signal aborts, with the signal's reason. */
 const untilAborted = ({ signal }: { signal: AbortSignal }) => new Promise<never>((_, reject) => {

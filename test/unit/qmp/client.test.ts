@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { ForksnapError } from '../../../src/errors.js';
 import { QmpClient } from '../../../src/qmp/client.js';
 import { QmpError } from '../../../src/qmp/errors.js';
-import { FakeQmpServer } from '../../helpers/fake-qmp-server.js';
+import { FakeQmpServer, rejection } from '../../helpers/fake-qmp-server.js';
 
 const log = pino({ level: 'silent' });
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -27,14 +27,6 @@ async function connect(server: FakeQmpServer, timeoutMs = 2000): Promise<QmpClie
   return client;
 }
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the promise to reject');
-}
 
 async function until(condition: () => boolean): Promise<void> {
   const deadline = Date.now() + 2000;
