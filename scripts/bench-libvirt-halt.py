@@ -1,10 +1,18 @@
 #!/usr/bin/python3
-import libvirt, libvirt_qemu, threading, time, json, statistics, random
 # Measures how long the guest is paused by libvirt's virDomainSuspend+Resume against QMP stop+cont
 # through the monitor passthrough (QEMU's STOP/RESUME timestamps), interleaved in one run.
 # Usage: /usr/bin/python3 scripts/bench-libvirt-halt.py DOMAIN (a running libvirt domain; default fsnap-lv1)
+import random
+import statistics
+import sys
+import threading
+import time
+
+import libvirt
+import libvirt_qemu
+
 libvirt.virEventRegisterDefaultImpl()
-conn = libvirt.open('qemu:///system'); import sys
+conn = libvirt.open('qemu:///system')
 dom = conn.lookupByName(sys.argv[1] if len(sys.argv) > 1 else 'fsnap-lv1')
 events = []
 def cb(c, d, ev, secs, usecs, details, o):
