@@ -1,4 +1,4 @@
-import { copyFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Paths } from '../../src/config.js';
@@ -37,4 +37,20 @@ export async function ext4Image(file: string, mib: number, files: { name: string
     await execa('debugfs', ['-w', '-R', `write ${data} ${entry.name}`, file]);
     await execa('rm', ['-f', data]);
   }
+}
+
+/**
+ * A fresh store for a store-level test file: <root>/state (the state dir) and <root>/work (where
+ * the test makes its source images), plus a clean ext4 data disk as raw and as qcow2.
+ */
+export async function storeTestRoot(name: string, dataKib: number): Promise<{ root: string; state: string; paths: Paths; work: string; dataRaw: string; dataQcow2: string }> {
+  const root = await mkdtemp(`/var/tmp/forksnap-${name}-`);
+  const state = path.join(root, 'state');
+  const work = path.join(root, 'work');
+  await mkdir(work, { recursive: true });
+  const dataRaw = path.join(work, 'data.raw');
+  const dataQcow2 = path.join(work, 'data.qcow2');
+  await ext4Image(dataRaw, 64, [{ name: 'blob', kib: dataKib }]);
+  await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', dataRaw, dataQcow2]);
+  return { root, state, paths: { stateDir: state, cacheDir: path.join(root, 'cache') }, work, dataRaw, dataQcow2 };
 }

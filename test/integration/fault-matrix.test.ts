@@ -9,7 +9,7 @@ import { newestPatchedBuild } from '../../src/qemu/binary.js';
 import { blockJobInfoList } from '../../src/qmp/schemas.js';
 import { ControlChannel } from '../helpers/control-channel.js';
 import { CLI, runCli, toCliResult } from '../helpers/forksnap-cli.js';
-import { inspectExt4 } from '../helpers/image-inspect.js';
+import { expectEveryTickOnParentDisk } from '../helpers/parent-writes.js';
 import { processesMentioning } from '../helpers/processes.js';
 import { vmDiskFiles, vmStatus, withQmp } from '../helpers/qmp.js';
 import { useSharedGuest, type SharedGuest } from '../helpers/shared-guest.js';
@@ -260,18 +260,6 @@ async function supervisorActions(state: string, stdout: string): Promise<string[
   return log.split('\n').filter(Boolean).flatMap((line) => (JSON.parse(line) as { msg: string; actions?: string[] }).msg === 'recovered an interrupted job' ? (JSON.parse(line) as { actions: string[] }).actions : []);
 }
 
-async function expectTicksComplete(guest: SharedGuest): Promise<void> {
-  const lastSeen = await guest.vm.control.waitForTick(guest.vm.control.lastTick);
-  const stop = await runCli(['vm', 'stop', guest.vm.name, '--powerdown'], guest.state);
-  expect(stop.exitCode, stop.stderr).toBe(0);
-  const check = await execa('qemu-img', ['check', '-f', 'qcow2', guest.vm.disk], { reject: false });
-  expect(check.exitCode, check.stdout).toBe(0);
-  const disk = await inspectExt4(guest.vm.disk, 'qcow2');
-  expect(disk.needsRecovery).toBe(false);
-  const ticks = new Set(disk.ticks);
-  expect(Array.from({ length: lastSeen }, (_, i) => i + 1).filter((n) => !ticks.has(n)), 'ticks missing on the parent disk').toEqual([]);
-}
-
 async function restartGuest(guest: SharedGuest): Promise<void> {
   guest.vm.control.close();
   const started = await runCli(['vm', 'start', guest.vm.specFile], guest.state, { FORKSNAP_QEMU: STOCK });
@@ -344,7 +332,7 @@ describe('a dead forksnap never leaves the VM harmed (stock QEMU 7.2)', () => {
     // The VM is restarted from here on: its QMP socket is QEMU's own again.
     await proxy!.stop();
     proxy = undefined;
-    await expectTicksComplete(guest);
+    await expectEveryTickOnParentDisk(guest);
     await restartGuest(guest);
     baseline = await setUserMigrationSettings(guest.qmpSocket);
   });

@@ -1,10 +1,10 @@
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { cp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Paths } from '../../src/config.js';
 import { runCli, startCli } from '../helpers/forksnap-cli.js';
-import { ext4Image, storeSnapshot } from '../helpers/store-fixture.js';
+import { storeSnapshot, storeTestRoot } from '../helpers/store-fixture.js';
 
 /**
  * `forksnap snapshot export` on a real store: a self-contained copy with qemu-img convert (qcow2
@@ -17,13 +17,9 @@ let paths: Paths;
 let stored = '';
 
 beforeAll(async () => {
-  root = await mkdtemp('/var/tmp/forksnap-store-export-');
-  state = path.join(root, 'state');
-  paths = { stateDir: state, cacheDir: path.join(root, 'cache') };
-  const work = path.join(root, 'work');
-  await mkdir(work, { recursive: true });
-  await ext4Image(path.join(work, 'data.raw'), 64, [{ name: 'blob', kib: 4096 }]);
-  await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', path.join(work, 'data.raw'), path.join(work, 'data.qcow2')]);
+  const made = await storeTestRoot('store-export', 4096);
+  ({ root, state, paths } = made);
+  const work = made.work;
   await storeSnapshot(paths, { id: 's1', vm: 'v', createdAt: '2026-12-01T00:00:00Z', disks: [{ id: 'data', file: path.join(work, 'data.qcow2'), format: 'qcow2' }] });
   stored = path.join(state, 'snapshots', 's1', 'data.qcow2');
   // s2: the same disk with a new 192 KiB file and an overwritten 4 KiB at 20 MiB (raw, like a raw VM disk).

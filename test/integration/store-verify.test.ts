@@ -1,11 +1,10 @@
-import { mkdir, open, readdir, rm, truncate } from 'node:fs/promises';
+import { open, readdir, rm, truncate } from 'node:fs/promises';
 import path from 'node:path';
-import { mkdtemp } from 'node:fs/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Paths } from '../../src/config.js';
 import { runCli } from '../helpers/forksnap-cli.js';
-import { ext4Image, storeSnapshot } from '../helpers/store-fixture.js';
+import { ext4Image, storeSnapshot, storeTestRoot } from '../helpers/store-fixture.js';
 
 /**
  * `forksnap snapshot verify` on real image files in a real store (no VM needed: the store is what
@@ -61,13 +60,9 @@ const verify = async (id: string) => {
 };
 
 beforeAll(async () => {
-  root = await mkdtemp('/var/tmp/forksnap-store-verify-');
-  state = path.join(root, 'state');
-  paths = { stateDir: state, cacheDir: path.join(root, 'cache') };
-  const work = path.join(root, 'work');
-  await mkdir(work, { recursive: true });
-  await ext4Image(path.join(work, 'data.raw'), 64, [{ name: 'blob', kib: 8192 }]);
-  await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', path.join(work, 'data.raw'), path.join(work, 'data.qcow2')]);
+  const made = await storeTestRoot('store-verify', 8192);
+  ({ root, state, paths } = made);
+  const work = made.work;
   await partitionedImage(path.join(work, 'parts.raw'), work);
   await execa('dd', ['if=/dev/urandom', `of=${path.join(work, 'noise.raw')}`, 'bs=1M', 'count=4', 'status=none']);
   const disks = [
