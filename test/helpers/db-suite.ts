@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ackRate, buildDbGuest, dbGuestSpec, DbGuestReport, longestAckGap, type DbGuestManifest, type DbStart } from '../../src/demo/db-guest.js';
 import { resultOf, runCli } from './forksnap-cli.js';
 import { killLeftovers } from './processes.js';
+import { keepRootOnFailure } from './test-root.js';
 
 /**
  * Application consistency on a real DB server: PostgreSQL 15 in a Debian guest commits numbered
@@ -31,6 +32,7 @@ export function defineDbSuite({ label, qemuBinary: patched, strategies }: DbSuit
     let parent: DbGuestReport;
     const measured: Record<string, unknown>[] = [];
     let firstCrashImage: { file: string; format: string } | undefined;
+    const scratch = keepRootOnFailure();
 
     /** Boot an image (behind a throw-away overlay) without load and return PostgreSQL's start-up report. */
     async function bootAndReport(name: string, image: string, format: string): Promise<DbStart> {
@@ -78,6 +80,7 @@ export function defineDbSuite({ label, qemuBinary: patched, strategies }: DbSuit
       // eslint-disable-next-line no-console
       console.log('DB proof measurements:', JSON.stringify(measured));
       expect(left, 'QEMU processes left behind').toEqual([]);
+      await scratch.remove(root);
     });
 
     for (const strategy of strategies) {

@@ -5,11 +5,13 @@ import { failureDump } from './failure-dump.js';
 import { runCli } from './forksnap-cli.js';
 import { killLeftovers } from './processes.js';
 import { startGuestVm, type GuestVm } from './test-guest.js';
+import { keepRootOnFailure } from './test-root.js';
 
 /**
  * One booted test guest shared by the tests of a describe block (booting costs ~15 s under TCG):
  * started through the real CLI in beforeAll once its workload ticks, stopped in afterAll, which
- * then proves that no QEMU of the block's directory is left (killed and waited for). When a test of
+ * then proves that no QEMU of the block's directory is left (killed and waited for) and removes the
+ * directory unless a test failed. When a test of
  * the block fails, the guest's console tail and the job journals are printed. The returned object
  * is filled in by beforeAll; read its fields inside tests and hooks only.
  */
@@ -36,6 +38,7 @@ export function useSharedGuest(
   },
 ): SharedGuest {
   const guest = {} as SharedGuest;
+  const root = keepRootOnFailure();
   beforeAll(async () => {
     guest.root = await mkdtemp(path.join(options.parentDir ? await options.parentDir() : '/var/tmp', `forksnap-${name}-`));
     guest.state = path.join(guest.root, 'state');
@@ -64,6 +67,7 @@ export function useSharedGuest(
     if (guest.state) await runCli(['vm', 'stop', name], guest.state);
     const left = guest.root ? await killLeftovers(guest.root) : [];
     expect(left, 'QEMU processes left behind').toEqual([]);
+    await root.remove(guest.root);
   });
   return guest;
 }
