@@ -24,7 +24,7 @@ Usage:
   forksnap snapshot create VM [--name ID] [--strategy auto|fork|background-snapshot|precopy]
                               [--disk-backend auto|reflink|fleecing] [--shutdown-timeout SEC] [--space-reserve MIB]
                               [--keep-crash-image] [--label KEY=VALUE]... [--max-bandwidth MIB_PER_S]
-                              [--require-clean] [--verify] [--incremental | --full]
+                              [--require-clean] [--verify] [--full]  (default: stored as an increment over the VM's last snapshot)
   forksnap snapshot list [VM]                      list snapshots
   forksnap snapshot show ID                        show a snapshot's metadata
   forksnap snapshot verify ID                      re-check a stored snapshot: checksums, qemu-img check, guest filesystems

@@ -23,10 +23,10 @@ function parseChoice<T extends string>(value: unknown, allowed: readonly T[], fl
   return value as T;
 }
 
-/** --incremental / --full (the default, for now: README "Incremental storage"). */
+/** --incremental (the default: README "Incremental storage") / --full. */
 function parseStorage(values: Record<string, unknown>): 'full' | 'incremental' {
   if (values.incremental === true && values.full === true) throw new ForksnapError('INVALID_INPUT', 'give --incremental or --full, not both', {});
-  return values.incremental === true ? 'incremental' : 'full';
+  return values.full === true ? 'full' : 'incremental';
 }
 
 function parseLabels(raw: unknown): Record<string, string> {

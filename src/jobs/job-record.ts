@@ -35,10 +35,11 @@ export const jobRequestSchema = z.strictObject({
   /** Verify the snapshot once it is stored (`forksnap snapshot verify`); a failed check fails the job (VERIFY_FAILED) and the snapshot is kept with the verdict. */
   verify: z.boolean().default(false),
   /**
-   * How the images are stored: 'full' (self-contained, the default for now) or 'incremental' (a
-   * qcow2 holding what differs from the VM's previous snapshot in the store; src/snapshot/incremental.ts).
+   * How the images are stored: 'incremental' (the default: a qcow2 holding what differs from the
+   * VM's previous snapshot in the store, or a full image with the reason why not;
+   * src/snapshot/incremental.ts) or 'full' (self-contained, --full).
    */
-  storage: z.enum(['full', 'incremental']).default('full'),
+  storage: z.enum(['full', 'incremental']).default('incremental'),
 });
 export type JobRequest = z.infer<typeof jobRequestSchema>;
 

@@ -77,6 +77,7 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
         strategy: request.strategy,
         diskBackend: request.diskBackend,
         keepCrashImage: request.keepCrashImage,
+        storage: request.storage,
         labels: request.labels,
         maxBandwidth: request.maxBandwidth,
         spaceReserveMiB: request.spaceReserveMiB,
@@ -100,14 +101,12 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
       }
       throw error;
     }
-    // Incremental storage: each disk's image becomes what differs from the VM's previous snapshot
-    // (or stays full, with the reason in meta.json). The snapshot is whole either way, so a failure
-    // or a cancel here keeps it full and the job a success.
-    if (request.storage === 'incremental') {
-      await storeIncrementally(paths, meta.id, { signal, log }).catch((error: unknown) => {
-        log.error({ snapshot: meta.id, err: errorMessage(error) }, 'incremental storage failed; the snapshot is kept full');
-      });
-    }
+    // Incremental storage (the default): each disk's image becomes what differs from the VM's
+    // previous snapshot, or stays full with the reason in meta.json (--full is one). The snapshot is
+    // whole either way, so a failure or a cancel here keeps it full and the job a success.
+    await storeIncrementally(paths, meta.id, { signal, log, full: request.storage === 'full' ? 'a full snapshot was asked for (--full)' : undefined }).catch((error: unknown) => {
+      log.error({ snapshot: meta.id, err: errorMessage(error) }, 'incremental storage failed; the snapshot is kept full');
+    });
     let result: SnapshotResult = await loadSnapshot(paths, meta.id);
     if (request.verify) {
       const verified = await verifySnapshot(paths, meta.id, { signal, log });

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { QmpClient } from '../qmp/client.js';
 import type { ChildDisk } from '../isolation/child-command-line.js';
 import type { ParentDisk } from '../vm/inspect.js';
+import type { DiskImage } from './store.js';
 
 /**
  * A way of taking a writable point-in-time snapshot of one disk. Its life cycle within a job:
@@ -10,7 +11,8 @@ import type { ParentDisk } from '../vm/inspect.js';
  *                    with -incoming its images stay inactive and unlocked until the state arrives)
  *   commitAtHalt()   the parent is paused and its I/O drained and flushed: freeze this instant.
  *                    Must be fast (it is parent downtime). Returns the undo to register.
- *   materialise()    after the child shut down: a self-contained image in the store
+ *   materialise()    after the child shut down: a self-contained image in the store (or, with
+ *                    materialiseOnto(), an increment over an earlier snapshot's image)
  *   crashImage()     optional: the disk as it was at the halt, without the child's shutdown
  *   finish()         drop the view: give the parent its original graph back and remove temp files
  *                    (the legacy overlay backend merges the parent's overlay back here)
@@ -80,6 +82,14 @@ export interface DiskSnapshot {
   /** Capture the crash-consistent state at the halt for comparison; called right after commitAtHalt. */
   keepCrashImage?(signal: AbortSignal): Promise<void>;
   materialise(dest: string, signal: AbortSignal, onProgress: (percent: number) => void): Promise<void>;
+  /**
+   * Optional: write the image as a qcow2 over `backing` (an image of an earlier snapshot in the
+   * store, named relatively) holding only what differs from it, instead of a full image: what the
+   * store keeps of an incremental snapshot, without first writing the whole disk
+   * (src/snapshot/incremental.ts writeIncrementalImage). Backends without it (reflink: its full
+   * image shares extents already) are made incremental after the commit.
+   */
+  materialiseOnto?(dest: string, backing: NonNullable<DiskImage['backing']>, signal: AbortSignal, onProgress: (percent: number) => void): Promise<void>;
   materialiseCrashImage?(dest: string, signal: AbortSignal, onProgress: (percent: number) => void): Promise<void>;
   finish(signal: AbortSignal, onProgress: (percent: number) => void): Promise<void>;
   discard(): Promise<void>;

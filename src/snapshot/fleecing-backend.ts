@@ -9,6 +9,7 @@ import { snapshotFormat } from './disk-backend.js';
 import { addExport, addFleecingNode, armCopyBeforeWrite, DEFAULT_CBW_TIMEOUT_S, detachFilter, dropView, fleecingNames, nbdUri, probeView, startNbdServer } from './fleecing-view.js';
 import { convertImage, qemuImgBinary } from './qemu-img.js';
 import { freeBytes, watchFreeSpace } from './space.js';
+import { writeIncrementalImage } from './incremental.js';
 
 /**
  * Fleecing backend (any filesystem): a copy-before-write point-in-time view served by the parent's
@@ -145,6 +146,12 @@ export const fleecingBackend: DiskBackend = {
         // while converting makes what was read suspect).
         await verifyIntact(signal);
         await convertImage({ file: childOverlay, format: 'qcow2' }, { file: dest, format }, { signal, onProgress });
+        await verifyIntact(signal);
+      },
+      async materialiseOnto(dest, backing, signal, onProgress) {
+        if (!armed) throw new ForksnapError('INTERNAL', `materialise of ${disk.id} before the view was frozen`, { disk: disk.id });
+        await verifyIntact(signal);
+        await writeIncrementalImage({ file: childOverlay, format: 'qcow2' }, dest, backing, signal, onProgress);
         await verifyIntact(signal);
       },
       async materialiseCrashImage(dest, signal, onProgress) {

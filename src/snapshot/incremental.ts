@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { Paths } from '../config.js';
 import { ForksnapError, errorMessage, isForksnapError } from '../errors.js';
 import { lockVm } from '../jobs/vm-lock.js';
-import { qemuImgBinary } from './qemu-img.js';
+import { qemuImgBinary, qemuImgWithProgress } from './qemu-img.js';
 import { describeImage, listSnapshots, loadSnapshot, metaOf, writeMeta, type DiskImage, type SnapshotMeta, type SnapshotView } from './store.js';
 
 /**
@@ -34,19 +34,28 @@ async function qemuImg(args: string[], signal: AbortSignal): Promise<void> {
   if (result.exitCode !== 0) throw new ForksnapError('TOOL_FAILED', `qemu-img ${args[0]} failed (exit ${result.exitCode}): ${String(result.all ?? '').trim().slice(-1500)}`, { command: result.command, exitCode: result.exitCode });
 }
 
-/** Hold the VM's chain lock while `run` changes its snapshots' images; waits for another holder. */
-export async function withChainLock<T>(paths: Paths, vm: string, owner: string, run: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+/**
+ * Take the VM's chain lock (waiting up to 10 min for another holder); returns its release. Held
+ * while a VM's snapshot images are rewritten or deleted, and by a job from the moment it writes an
+ * increment onto a stored snapshot until its own snapshot is listed (so that base is not deleted
+ * under it).
+ */
+export async function acquireChainLock(paths: Paths, vm: string, owner: string, signal?: AbortSignal): Promise<() => Promise<void>> {
   const deadline = Date.now() + LOCK_WAIT_MS;
-  let release: (() => Promise<void>) | undefined;
-  while (!release) {
+  for (;;) {
     try {
-      release = await lockVm(paths, `_chain-${vm}`, owner);
+      return await lockVm(paths, `_chain-${vm}`, owner);
     } catch (error) {
       if (!isForksnapError(error, 'VM_BUSY') || Date.now() > deadline) throw error;
       if (signal?.aborted) throw signal.reason;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
+}
+
+/** Hold the VM's chain lock while `run` changes its snapshots' images. */
+export async function withChainLock<T>(paths: Paths, vm: string, owner: string, run: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  const release = await acquireChainLock(paths, vm, owner, signal);
   try {
     return await run();
   } finally {
@@ -98,7 +107,11 @@ export async function storeIncrementally(paths: Paths, id: string, options: { si
         if (!disk.image.backing) meta.disks[index] = { ...meta.disks[index]!, fullReason };
       };
       if (disk.image.backing) {
-        full('already incremental');
+        results.push({ disk: disk.id, base: disk.image.backing.snapshot, sizeBefore, sizeAfter: sizeBefore, durationMs: 0 });
+        continue;
+      }
+      if (disk.fullReason) {
+        results.push({ disk: disk.id, fullReason: disk.fullReason, sizeBefore, sizeAfter: sizeBefore, durationMs: 0 });
         continue;
       }
       if (options.full) {
@@ -148,14 +161,14 @@ async function rebaseOnto(view: SnapshotView, image: SnapshotView['disks'][numbe
  * pipeline can call this in materialise instead of writing a full image). Written under a temporary
  * name and renamed into place.
  */
-export async function writeIncrementalImage(source: { file: string; format: string }, dest: string, backing: NonNullable<DiskImage['backing']>, signal: AbortSignal): Promise<void> {
+export async function writeIncrementalImage(source: { file: string; format: string }, dest: string, backing: NonNullable<DiskImage['backing']>, signal: AbortSignal, onProgress?: (percent: number) => void): Promise<void> {
   const temp = path.join(path.dirname(dest), `.${path.basename(dest)}.incremental`);
   const relative = `../${backing.snapshot}/${backing.file}`;
   try {
     await qemuImg(['create', '-q', '-f', 'qcow2', '-b', source.file, '-F', source.format, temp], signal);
     // Safe mode: every range where the old backing (the source) and the new one differ is copied
     // into the overlay; nothing else is written. The relative path is resolved next to the overlay.
-    await qemuImg(['rebase', '-q', '-f', 'qcow2', '-b', relative, '-F', backing.format, temp], signal);
+    await qemuImgWithProgress(['rebase', '-p', '-f', 'qcow2', '-b', relative, '-F', backing.format, temp], `qemu-img rebase of ${dest} onto ${relative}`, { signal, cwd: '/', ...(onProgress ? { onProgress } : {}) });
     await rename(temp, dest);
   } catch (error) {
     await rm(temp, { force: true });

@@ -48,7 +48,12 @@ export async function convertImage(
   options: { signal?: AbortSignal; onProgress?: (percent: number) => void } = {},
 ): Promise<void> {
   const args = ['convert', '-p', '-f', source.format, '-O', dest.format, ...(dest.format === 'raw' ? ['-S', '4k'] : []), source.file, dest.file];
-  const subprocess = execa(qemuImgBinary(), args, { reject: false, cancelSignal: options.signal, all: true, buffer: { stdout: false, stderr: true, all: true } });
+  await qemuImgWithProgress(args, `qemu-img convert ${source.file} -> ${dest.file}`, options);
+}
+
+/** Run a qemu-img command that takes -p (convert, rebase, commit), reporting its progress; TOOL_FAILED with its output on failure. */
+export async function qemuImgWithProgress(args: string[], what: string, options: { signal?: AbortSignal; onProgress?: (percent: number) => void; cwd?: string } = {}): Promise<void> {
+  const subprocess = execa(qemuImgBinary(), args, { reject: false, cancelSignal: options.signal, all: true, cwd: options.cwd, buffer: { stdout: false, stderr: true, all: true } });
   subprocess.stdout?.setEncoding('utf8');
   subprocess.stdout?.on('data', (chunk: string) => {
     const matches = [...chunk.matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
@@ -58,6 +63,6 @@ export async function convertImage(
   const result = await subprocess;
   if (options.signal?.aborted) throw options.signal.reason;
   if (result.exitCode !== 0) {
-    throw new ForksnapError('TOOL_FAILED', `qemu-img convert ${source.file} -> ${dest.file} failed (exit ${result.exitCode}): ${String(result.all ?? '').trim().slice(-2000)}`, { command: result.command, exitCode: result.exitCode });
+    throw new ForksnapError('TOOL_FAILED', `${what} failed (exit ${result.exitCode}): ${String(result.all ?? '').trim().slice(-2000)}`, { command: result.command, exitCode: result.exitCode });
   }
 }

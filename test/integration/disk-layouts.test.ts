@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlChannel } from '../helpers/control-channel.js';
 import { api, spawnDaemon } from '../helpers/daemon-process.js';
 import { resultOf, runCli, type CliResult } from '../helpers/forksnap-cli.js';
@@ -12,6 +12,7 @@ import { expectNothingLeft } from '../helpers/leftovers.js';
 import { killLeftovers } from '../helpers/processes.js';
 import { vmDiskFiles, vmStatus } from '../helpers/qmp.js';
 import { testGuest } from '../helpers/test-guest.js';
+import { keepRootOnFailure } from '../helpers/test-root.js';
 import { ensureXfsMount } from '../helpers/xfs.js';
 
 /**
@@ -172,10 +173,7 @@ describe.each(LAYOUTS)('two-disk VM started by hand: $name', (layout) => {
     await control.waitForTick(2);
   }, 300_000);
 
-  let keep = false;
-  afterEach(({ task }) => {
-    if (task.result?.state === 'fail') keep = true;
-  });
+  const scratch = keepRootOnFailure();
 
   afterAll(async () => {
     control?.close();
@@ -183,7 +181,7 @@ describe.each(LAYOUTS)('two-disk VM started by hand: $name', (layout) => {
     // The hand-started QEMU is ours to kill; nothing else may be left.
     expect(left.length, 'QEMU processes left behind').toBeLessThanOrEqual(1);
     // ~140 MB per layout on the shared XFS: kept only when a test failed, for a look.
-    if (root && !keep) await rm(root, { recursive: true, force: true });
+    await scratch.remove(root);
   });
 
   it('vm attach names the disks as the user did', async () => {
@@ -208,9 +206,10 @@ describe.each(LAYOUTS)('two-disk VM started by hand: $name', (layout) => {
     expect(Object.fromEntries(disks.map((disk) => [disk.id, disk.source]))).toEqual({ [layout.ids[0]]: files.disk1, [layout.ids[1]]: files.disk2 });
     for (const disk of disks) {
       expect(backend === 'reflink' ? ['reflink'] : ['qcow2-overlay', 'fleecing']).toContain(disk.backend);
-      const image = disk.image as { path: string; file: string; format: 'raw' | 'qcow2'; sizeBytes: number; sha256: string };
+      const image = disk.image as { path: string; file: string; format: 'raw' | 'qcow2'; sizeBytes: number; sha256: string; backing?: { snapshot: string } };
       expect(path.isAbsolute(image.path), image.path).toBe(true);
-      expect(Object.keys(image).sort()).toEqual(['file', 'format', 'path', 'sha256', 'sizeBytes']);
+      // The second snapshot of the VM is stored as an increment over the first (the default).
+      expect(Object.keys(image).sort()).toEqual(image.backing ? ['backing', 'backingPath', 'file', 'format', 'path', 'sha256', 'sizeBytes'] : ['file', 'format', 'path', 'sha256', 'sizeBytes']);
       expect((await stat(image.path)).size).toBe(image.sizeBytes);
       expect(await sha256(image.path)).toBe(image.sha256);
       const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', '-f', image.format, image.path])).stdout) as { 'virtual-size': number };
@@ -221,9 +220,10 @@ describe.each(LAYOUTS)('two-disk VM started by hand: $name', (layout) => {
       }
     }
     const [first, second] = [disks.find((disk) => disk.id === layout.ids[0])!, disks.find((disk) => disk.id === layout.ids[1])!];
-    expect(first.image.format).toBe('raw');
+    expect(first.sourceFormat).toBe('raw');
+    expect(first.image.format).toBe(first.image.backing ? 'qcow2' : 'raw');
     expect(second.image.format).toBe('qcow2');
-    const facts = await inspectExt4(first.image.path, 'raw');
+    const facts = await inspectExt4(first.image.path, first.image.format);
     expect(facts.needsRecovery).toBe(false);
     expect(facts.cleanShutdown).toBeDefined();
     expect(Math.max(...facts.ticks)).toBeGreaterThanOrEqual(before);

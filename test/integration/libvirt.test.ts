@@ -36,13 +36,15 @@ async function snapshotAndCheck(guest: LibvirtGuest, state: string, vm: string, 
   const meta = resultOf(cli);
   expect(meta).toMatchObject({ id, vm, strategy, consistency: 'clean' });
   expect(meta.disks.map((disk: { id: string }) => disk.id)).toEqual(['virtio-disk0', 'virtio-disk1']);
-  // One self-contained image per disk, at the absolute path the JSON names.
-  for (const disk of meta.disks as { image: { path: string; format: string } }[]) {
+  // One image per disk, at the absolute path the JSON names: self-contained, or an increment whose
+  // backing file is the previous snapshot's image inside the store (never the domain's own files).
+  for (const disk of meta.disks as { image: { path: string; format: string; backingPath?: string } }[]) {
     expect(path.isAbsolute(disk.image.path)).toBe(true);
     const info = await execa('qemu-img', ['info', '--output=json', disk.image.path]);
-    const parsed = JSON.parse(info.stdout) as { format: string; 'backing-filename'?: string };
+    const parsed = JSON.parse(info.stdout) as { format: string; 'backing-filename'?: string; 'full-backing-filename'?: string };
     expect(parsed.format).toBe(disk.image.format);
-    expect(parsed['backing-filename']).toBeUndefined();
+    if (disk.image.backingPath) expect(path.resolve(parsed['full-backing-filename'] ?? '')).toBe(disk.image.backingPath);
+    else expect(parsed['backing-filename']).toBeUndefined();
     if (disk.image.format === 'qcow2') {
       const check = await execa('qemu-img', ['check', '-f', 'qcow2', disk.image.path], { reject: false });
       expect(check.exitCode, check.stdout + check.stderr).toBe(0);

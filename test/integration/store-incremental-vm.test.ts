@@ -7,10 +7,12 @@ import { inspectExt4 } from '../helpers/image-inspect.js';
 import { useSharedGuest } from '../helpers/shared-guest.js';
 
 /**
- * Incremental storage through the real pipeline: three snapshots of a running test guest (qcow2
- * data disk, stock QEMU) with `--incremental`, the guest changing a little in between; the space
- * the second takes on the state filesystem against the first; delete of the middle and then the
- * first, each followed by verify of the rest; revert from an increment.
+ * Incremental storage (the default) through the real pipeline: three snapshots of a running test
+ * guest (qcow2 data disk, stock QEMU, the fleecing backend), the guest changing a little in
+ * between; the second and third are written as increments straight from the child's disk, never
+ * as a full image first; the space the second takes on the state filesystem against the first;
+ * delete of the middle and then the first, each followed by verify of the rest; revert from an
+ * increment; `--full` stores a full image with its reason.
  */
 const STOCK_QEMU = { FORKSNAP_QEMU: '/usr/bin/qemu-system-x86_64' };
 const MiB = 1024 * 1024;
@@ -25,14 +27,15 @@ describe('incremental snapshots of a running VM', () => {
     const reply = await guest.vm.control.request(`run ${command}`, (line) => line.startsWith('OK run') || line.startsWith('ERR'), 120_000);
     expect(reply).toMatch(/^OK run 0 /);
   };
-  const snapshot = async (name: string) => {
+  const snapshot = async (name: string, extra: string[] = []) => {
     const before = await free();
     const started = performance.now();
-    const cli = await runCli(['snapshot', 'create', 'incr', '--json', '--name', name, '--incremental'], guest.state);
+    const cli = await runCli(['snapshot', 'create', 'incr', '--json', '--name', name, ...extra], guest.state);
     const ms = Math.round(performance.now() - started);
     expect(cli.exitCode, cli.stderr).toBe(0);
     const meta = resultOf(cli);
-    return { meta, ms, used: before - (await free()) };
+    const written = cli.lines.filter((line) => line.type === 'phase-progress' && line.phase === 'materialise').map((line) => String(line.message ?? ''));
+    return { meta, ms, used: before - (await free()), written: [...new Set(written)] };
   };
   const verify = async (id: string) => {
     const cli = await runCli(['snapshot', 'verify', id, '--json'], guest.state);
@@ -52,7 +55,11 @@ describe('incremental snapshots of a running VM', () => {
     console.log(`snapshot 1: ${(first.used / MiB).toFixed(1)} MiB of free space, own size ${(own['incr-1']! / MiB).toFixed(2)} MiB, ${first.ms} ms; `
       + `snapshot 2: ${(second.used / MiB).toFixed(1)} MiB, own ${(own['incr-2']! / MiB).toFixed(2)} MiB, ${second.ms} ms; snapshot 3: own ${(own['incr-3']! / MiB).toFixed(2)} MiB, ${third.ms} ms`);
     expect(first.meta.disks[0].image.backing).toBeUndefined();
+    expect(first.meta.disks[0].fullReason).toBe('no previous snapshot of this VM');
+    expect(first.written.filter((what) => what !== '')).toEqual(['data: writing the full image']);
     expect(second.meta.disks[0].image.backing).toEqual({ snapshot: 'incr-1', file: 'data.qcow2', format: 'qcow2' });
+    expect(second.meta.disks[0].fullReason).toBeUndefined();
+    expect(second.written.filter((what) => what !== '')).toEqual(['data: writing the increment over incr-1']);
     expect(third.meta.disks[0].image.backing).toMatchObject({ snapshot: 'incr-2' });
     expect(own['incr-1']).toBeGreaterThan(16 * MiB);
     // ~256 KiB written by the guest plus the child's shutdown writes (journal, superblock) and qcow2 metadata.
@@ -85,6 +92,13 @@ describe('incremental snapshots of a running VM', () => {
     await guestRun('dd if=/dev/urandom of=/data/change-4 bs=64k count=4');
     const fourth = await snapshot('incr-4');
     expect(fourth.meta.disks[0].image.backing).toMatchObject({ snapshot: 'incr-3' });
+    // --full: a full image with the reason; the next snapshot chains onto it.
+    const forced = await snapshot('incr-full', ['--full']);
+    expect(forced.meta.disks[0].image.backing).toBeUndefined();
+    expect(forced.meta.disks[0].fullReason).toBe('a full snapshot was asked for (--full)');
+    const next = await snapshot('incr-next');
+    expect(next.meta.disks[0].image.backing).toMatchObject({ snapshot: 'incr-full' });
+    expect((await verify('incr-next')).verdict).toBe('passed');
     const revert = await runCli(['snapshot', 'revert', 'incr-4', '--restart'], guest.state);
     expect(revert.exitCode, revert.stderr).toBe(0);
     const info = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', guest.vm.disk])).stdout) as { format: string; 'backing-filename'?: string };
