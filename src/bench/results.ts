@@ -37,6 +37,13 @@ export interface RunSample {
   readonly consistency: string;
   /** Why, when a forksnap job's snapshot is not clean (e.g. the child guest never powered off). */
   readonly consistencyReason?: string | undefined;
+  /** forksnap jobs: the parent's page tables (VmPTE) just before the halt, bytes. */
+  readonly parentVmPteBytes?: number | undefined;
+  /** fork: guest RAM mapped by huge pages at the halt (after the collapse before it), bytes. */
+  readonly parentAnonHugeBytes?: number | undefined;
+  /** fork, background-snapshot: forksnap's own share of the downtime and QEMU's (src/forker/downtime-parts.ts). */
+  readonly forksnapDowntimeMs?: number | undefined;
+  readonly qemuDowntimeMs?: number | undefined;
 }
 
 export interface Stat {
@@ -73,6 +80,10 @@ export interface MethodSummary {
   readonly peakPssBytes: Stat | null;
   readonly peakRssBytes: Stat | null;
   readonly consistency: string;
+  /** Added fields (older results.json lack them). */
+  readonly parentVmPteBytes?: Stat | null;
+  readonly forksnapDowntimeMs?: Stat | null;
+  readonly qemuDowntimeMs?: Stat | null;
 }
 
 export interface SizeResult {
@@ -137,6 +148,9 @@ export function summariseMethod(method: BenchMethod, runs: readonly RunSample[],
     peakPssBytes: numbers((run) => run.peakPssBytes),
     peakRssBytes: numbers((run) => run.peakRssBytes),
     consistency: labels.length > 1 ? labels.map((label) => `${label} ×${count(label)}`).join(', ') : labels[0] ?? 'n/a',
+    parentVmPteBytes: numbers((run) => run.parentVmPteBytes),
+    forksnapDowntimeMs: numbers((run) => run.forksnapDowntimeMs),
+    qemuDowntimeMs: numbers((run) => run.qemuDowntimeMs),
   };
 }
 

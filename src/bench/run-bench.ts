@@ -156,6 +156,10 @@ interface Measured {
   readonly window: { from: number; to: number } | 'paused' | undefined;
   readonly consistency: string;
   readonly consistencyReason?: string | undefined;
+  readonly parentVmPteBytes?: number | undefined;
+  readonly parentAnonHugeBytes?: number | undefined;
+  readonly forksnapDowntimeMs?: number | undefined;
+  readonly qemuDowntimeMs?: number | undefined;
 }
 
 /**
@@ -188,6 +192,10 @@ function toRunSample(method: BenchMethod, rep: number, measured: Measured, befor
     processes: memory.processes,
     consistency: measured.consistency,
     consistencyReason: measured.consistencyReason,
+    parentVmPteBytes: measured.parentVmPteBytes,
+    parentAnonHugeBytes: measured.parentAnonHugeBytes,
+    forksnapDowntimeMs: measured.forksnapDowntimeMs,
+    qemuDowntimeMs: measured.qemuDowntimeMs,
   };
 }
 
@@ -228,6 +236,10 @@ async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep
     window,
     consistency: meta.consistency,
     consistencyReason: meta.consistency === 'clean' ? undefined : meta.consistencyReason,
+    parentVmPteBytes: meta.parentMemory?.vmPteBytes,
+    parentAnonHugeBytes: meta.parentMemory?.anonHugeBytes,
+    forksnapDowntimeMs: meta.parentDowntimeParts?.forksnapMs,
+    qemuDowntimeMs: meta.parentDowntimeParts?.qemuMs,
   };
 }
 
@@ -235,5 +247,5 @@ function describeRun(run: RunSample): string {
   const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
   const share = (during: number | null, before: number | null) => (during === null || !before ? 'n/a' : `${Math.round((during / before) * 100)} %`);
   const rate = run.rateDuringMiBs === null ? 'n/a' : `${share(run.rateDuringMiBs, run.rateBeforeMiBs)} of ${run.rateBeforeMiBs.toFixed(0)} MiB/s (${share(run.rateDuringNoWaitMiBs, run.rateBeforeNoWaitMiBs)} without CPU wait)${run.rateExact ? '' : ' (short window)'}`;
-  return `downtime ${run.downtimeMs.toFixed(1)} ms, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}${run.consistencyReason ? ` (${run.consistencyReason})` : ''}`;
+  return `downtime ${run.downtimeMs.toFixed(1)} ms, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}${run.consistencyReason ? ` (${run.consistencyReason})` : ''}${run.forksnapDowntimeMs !== undefined ? `, downtime forksnap ${run.forksnapDowntimeMs.toFixed(2)} ms / QEMU ${(run.qemuDowntimeMs ?? 0).toFixed(2)} ms` : ''}${run.parentVmPteBytes !== undefined ? `, VmPTE ${(run.parentVmPteBytes / 1024).toFixed(0)} KiB` : ''}`;
 }

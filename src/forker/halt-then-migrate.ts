@@ -6,6 +6,7 @@ import { backgroundSnapshotMayLeaveRamProtected } from '../qemu/qemu-version.js'
 import type { EventListener } from '../qmp/event-listener.js';
 import type { QmpEvent } from '../qmp/events.js';
 import { roundMs } from '../util/round-ms.js';
+import { downtimeParts, wallNowMs, type DowntimeMarks } from './downtime-parts.js';
 import type { PhaseTools } from './capture-phases.js';
 import type { CaptureContext, CaptureResult, CaptureStrategy, StrategyName } from './strategy.js';
 import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migration.js';
@@ -46,10 +47,11 @@ export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background
     // Ordering: the disks are frozen while the parent is halted and BEFORE the migration starts,
     // so the disks and the RAM/device state are of the same instant.
     await phases.run('disk-snapshot', timeouts.diskSnapshotMs, ({ signal }) => context.atHalt(signal));
+    const marks: DowntimeMarks = { viewsAt: wallNowMs() };
     return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
       const attempt = async (strategy: StrategyName, usesWriteProtection: boolean, child: { child: QmpClient; childProcess: QemuChildProcess }) => {
         try {
-          return await migrate(context, runState, child, strategy, stop, signal, progress);
+          return await migrate(context, runState, child, strategy, stop, marks, signal, progress);
         } catch (error) {
           // A broken channel leaves write-protection armed before QEMU 8.1 and the parent hung:
           // release it before anyone tries to talk to the parent again.
@@ -79,12 +81,14 @@ async function migrate(
   { child, childProcess }: { child: QmpClient; childProcess: QemuChildProcess },
   strategy: StrategyName,
   stop: QmpEvent,
+  marks: DowntimeMarks,
   signal: AbortSignal,
   progress: PhaseTools['progress'],
 ): Promise<CaptureResult> {
   const { parent } = context;
   context.willMigrate();
   await parent.execute('migrate', { uri: context.migrationUri }, { signal });
+  marks.migrateAnsweredAt = wallNowMs();
   // The RESUME comes from QEMU once the copy-on-write is armed; a failure before that leaves the
   // parent paused, which the job's undo handles. The status poll only watches for that failure.
   const racing = new AbortController();
@@ -97,7 +101,10 @@ async function migrate(
       // A QEMU that keeps the run state it found (paused, by us) leaves the resume to us: forksnap's
       // patch series, and background-snapshot from QEMU 9.0. The RESUME event then follows our `cont`.
       waitForSnapshotPoint(parent, strategy, watchSignal).then(async () => {
-        await resumeAtSnapshotPoint(parent, watchSignal);
+        marks.pointSeenAt = wallNowMs();
+        await resumeAtSnapshotPoint(parent, watchSignal, () => {
+          marks.contSentAt = wallNowMs();
+        });
         return new Promise<never>((_, reject) => watchSignal.addEventListener('abort', () => reject(watchSignal.reason), { once: true }));
       }),
     ]);
@@ -105,11 +112,12 @@ async function migrate(
     racing.abort(new Error('parent resumed or capture failed'));
   }
   const downtimeMs = roundMs(resume.timestampMs - stop.timestampMs);
-  context.parentResumed(downtimeMs);
+  const parts = downtimeParts(stop.timestampMs, resume.timestampMs, marks);
+  context.parentResumed(downtimeMs, parts);
   progress({ message: `parent resumed after ${downtimeMs} ms` });
   await waitForMigrationStatus(parent, childProcess, (status) => status === 'completed', { signal, onProgress: (transfer) => progress(transfer) });
   await waitForIncomingComplete(child, childProcess, signal);
-  return { strategy, haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, stateCompleteAtMs: Date.now() };
+  return { strategy, haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, ...(parts ? { downtimeParts: parts } : {}), stateCompleteAtMs: Date.now() };
 }
 
 /**

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { QemuChildProcess } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
 import type { CapturePhaseRunner } from './capture-phases.js';
+import type { DowntimeParts } from './downtime-parts.js';
 
 /**
  * A capture strategy streams the parent's RAM and device state into the waiting child QEMU, and
@@ -45,8 +46,8 @@ export interface CaptureContext {
    * parent to background-snapshot and give back a fresh child listening for the state.
    */
   fallBackToBackgroundSnapshot(reason: string, signal: AbortSignal): Promise<{ child: QmpClient; childProcess: QemuChildProcess }>;
-  /** Tell the job the parent runs again (it publishes the downtime). */
-  parentResumed(downtimeMs: number): void;
+  /** Tell the job the parent runs again (it publishes the downtime, and where it went when known). */
+  parentResumed(downtimeMs: number, parts?: DowntimeParts): void;
 }
 
 export interface CaptureResult {
@@ -57,6 +58,8 @@ export interface CaptureResult {
   /** QEMU's timestamp of the parent's RESUME event. */
   readonly resumedAtMs: number;
   readonly downtimeMs: number;
+  /** Where the downtime went (halt-then-migrate strategies; downtime-parts.ts). */
+  readonly downtimeParts?: DowntimeParts;
   /** When the child had loaded the full state (host clock, ms). */
   readonly stateCompleteAtMs: number;
 }

@@ -20,9 +20,10 @@ const ramCounters = z.object({
  *     scheduled;
  *   - QEMU 7.2's background-snapshot and forksnap's first 7.2 patch resume by themselves (a RESUME
  *     event): this never resolves for them; the caller races it with that event.
- * Polls query-migrate every `intervalMs`; aborts with `signal`.
+ * Polls query-migrate every `intervalMs` (1 ms: each poll is a few µs of QEMU's main loop while
+ * the guest is paused anyway; the interval is parent downtime); aborts with `signal`.
  */
-export async function waitForSnapshotPoint(parent: QmpClient, strategy: StrategyName, signal: AbortSignal, intervalMs = 5): Promise<void> {
+export async function waitForSnapshotPoint(parent: QmpClient, strategy: StrategyName, signal: AbortSignal, intervalMs = 1): Promise<void> {
   const streamingCounts = strategy === 'background-snapshot' && parent.version !== undefined && qemuAtLeast(parent.version, 9, 0);
   for (;;) {
     const info = await parent.execute('query-migrate', undefined, { signal, schema: ramCounters });
@@ -41,7 +42,8 @@ export async function waitForSnapshotPoint(parent: QmpClient, strategy: Strategy
  * background-snapshot restores the run state from one) runs before a command that arrives after
  * that round trip, so it cannot undo the `cont`.
  */
-export async function resumeAtSnapshotPoint(parent: QmpClient, signal: AbortSignal): Promise<void> {
+export async function resumeAtSnapshotPoint(parent: QmpClient, signal: AbortSignal, beforeCont?: () => void): Promise<void> {
   await parent.execute('query-status', undefined, { signal });
+  beforeCont?.();
   await parent.execute('cont', undefined, { signal });
 }

@@ -1,3 +1,4 @@
+import type { DowntimeParts } from '../forker/downtime-parts.js';
 import type { SnapshotView } from '../snapshot/store.js';
 
 /**
@@ -42,7 +43,7 @@ export type JobEventBody =
   | { type: 'phase-start'; phase: Phase }
   | { type: 'phase-progress'; phase: Phase; percent?: number; bytes?: number; totalBytes?: number; message?: string }
   | { type: 'phase-end'; phase: Phase; durationMs: number }
-  | { type: 'parent-resumed'; downtimeMs: number }
+  | { type: 'parent-resumed'; downtimeMs: number; downtimeParts?: DowntimeParts }
   | { type: 'strategy-fallback'; from: string; to: string; reason: string }
   | { type: 'verdict'; consistency: Consistency; reason: string }
   /**

@@ -158,3 +158,19 @@ export async function processesHoldingOpen(files: readonly string[]): Promise<{ 
   }
   return found;
 }
+
+/**
+ * Memory facts of a process from /proc/PID/status, in bytes: VmPTE (its page tables: what fork()
+ * copies, about 2 MiB per GiB mapped with 4 KiB pages, 4 KiB per GiB with 2 MiB pages) and VmRSS.
+ * Undefined where the kernel does not report it or the process is gone.
+ */
+export async function memoryStatus(pid: number): Promise<{ vmPteBytes?: number; vmRssBytes?: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const kib = (field: string) => {
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status);
+    return match ? Number(match[1]) * 1024 : undefined;
+  };
+  const vmPteBytes = kib('VmPTE');
+  const vmRssBytes = kib('VmRSS');
+  return { ...(vmPteBytes !== undefined ? { vmPteBytes } : {}), ...(vmRssBytes !== undefined ? { vmRssBytes } : {}) };
+}

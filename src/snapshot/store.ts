@@ -63,6 +63,27 @@ export const snapshotMetaSchema = z.object({
   consistency: z.enum(['clean', 'crash-consistent']),
   consistencyReason: z.string(),
   parentDowntimeMs: z.number(),
+  /**
+   * Where the downtime went (fork, background-snapshot; src/forker/downtime-parts.ts): forksnap's
+   * own share (disk views at the halt, the ordering round trip before cont) and QEMU's.
+   */
+  parentDowntimeParts: z.object({
+    diskViewMs: z.number(),
+    migrateCommandMs: z.number(),
+    snapshotPointMs: z.number().optional(),
+    resumeCommandMs: z.number().optional(),
+    resumeMs: z.number(),
+    forksnapMs: z.number(),
+    qemuMs: z.number(),
+  }).optional(),
+  /** The parent QEMU's page tables (VmPTE, what fork() copies) and resident memory just before the halt, from /proc. */
+  parentMemory: z.object({
+    vmPteBytes: z.number().optional(),
+    vmRssBytes: z.number().optional(),
+    /** fork: guest RAM mapped by transparent huge pages at the halt, and what the collapse before it did (src/qemu/collapse-guest-ram.ts). */
+    anonHugeBytes: z.number().optional(),
+    collapse: z.object({ beforeBytes: z.number(), afterBytes: z.number(), ms: z.number(), failedBytes: z.number() }).optional(),
+  }).optional(),
   timeToStateMs: z.number(),
   timeToImageMs: z.number(),
   phasesMs: z.record(z.string(), z.number()),

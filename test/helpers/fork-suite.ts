@@ -165,6 +165,33 @@ export function defineForkSuite({ label, qemuBinary: patched }: ForkSuiteOptions
       // A thread leaked per snapshot would add 20; QEMU's block thread pool may keep one idle worker.
       expect(after.threads).toBeLessThanOrEqual(before.threads + 1);
     }, 600_000);
+
+    it('the downtime is split into forksnap\'s and QEMU\'s share; page tables are reported; guest RAM is in huge pages at the halt', async () => {
+      // The guest rewrites RAM while the first snapshot streams: copies on write split huge pages.
+      const dirty = await guest.vm.control.request('dirty 64', (line) => line.startsWith('OK dirty') || line.startsWith('ERR'));
+      expect(dirty).toBe('OK dirty 64');
+      try {
+        const metas: Record<string, any>[] = [];
+        for (const name of ['thp-1', 'thp-2']) {
+          const cli = await runCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', '--name', name], guest.state);
+          expect(cli.exitCode, cli.stderr).toBe(0);
+          metas.push(resultOf(cli));
+        }
+        for (const meta of metas) {
+          const parts = meta.parentDowntimeParts as { forksnapMs: number; qemuMs: number; diskViewMs: number; resumeCommandMs?: number };
+          expect(parts.forksnapMs + parts.qemuMs).toBeCloseTo(meta.parentDowntimeMs, 1);
+          expect(parts.forksnapMs).toBeCloseTo(parts.diskViewMs + (parts.resumeCommandMs ?? 0), 1);
+          for (const value of Object.values(parts)) expect(value).toBeGreaterThanOrEqual(0);
+          expect(meta.parentMemory.vmPteBytes).toBeGreaterThan(0);
+          // QEMU asks for THP on guest RAM; after the collapse before the halt it is mapped by huge pages.
+          expect(meta.parentMemory.collapse.afterBytes).toBeGreaterThanOrEqual(meta.parentMemory.collapse.beforeBytes);
+          expect(meta.parentMemory.anonHugeBytes).toBeGreaterThan(0);
+        }
+        console.log('downtime parts and huge pages:', JSON.stringify(metas.map((meta) => ({ downtimeMs: meta.parentDowntimeMs, parts: meta.parentDowntimeParts, memory: meta.parentMemory }))));
+      } finally {
+        await guest.vm.control.request('undirty', (line) => line.startsWith('OK undirty') || line.startsWith('ERR'), 30_000);
+      }
+    }, 300_000);
   });
 
   describe(`fork refuses shared guest RAM on ${label}`, () => {

@@ -4,6 +4,7 @@ import { backgroundSnapshotStrategy } from '../../forker/halt-then-migrate.js';
 import type { CaptureResult } from '../../forker/strategy.js';
 import { ensureParentRunning, type ParentOutcome } from '../ensure-parent-running.js';
 import { ParentRunWatch } from '../parent-run-watch.js';
+import { memoryStatus } from '../../qemu/process-info.js';
 import { snapshotDisksAtHalt, type HaltUndo } from './disk-snapshot.js';
 import { journalOf, type JobContext } from './job-context.js';
 import type { Preflight } from './preflight.js';
@@ -47,6 +48,8 @@ export async function capture(context: JobContext, pre: Preflight, prepared: Pre
     overlays: snapshots.filter((s) => s.parentOverlay).map((s) => ({ disk: s.disk.id, overlayNode: s.parentOverlay!.node, baseNode: s.disk.nodeName, overlayFile: s.parentOverlay!.file, baseFile: s.disk.file })).concat(entry.overlays),
   }));
 
+  // Before the halt (never in the downtime): fork() copies the page tables, so they are worth knowing.
+  outcome.parentMemory = { ...(await memoryStatus(pre.inventory.pid)), ...hugePagesOf(prepared) };
   const result = await strategy.run({
     parent: pre.parent,
     child: slot.qmp!,
@@ -72,11 +75,12 @@ export async function capture(context: JobContext, pre: Preflight, prepared: Pre
       return { child: started.qmp, childProcess: started.process };
     },
     markWriteTrackingStale: () => writeFile(pre.staleMarker, `${new Date().toISOString()} job ${context.job}\n`),
-    parentResumed: (ms) => {
+    parentResumed: (ms, parts) => {
       // QEMU resumed the parent: from now on a pause is not ours (recovery must not resume it).
       journal.update(() => ({ halted: false })).catch((error: unknown) => log.error({ err: errorMessage(error) }, 'could not journal the resume'));
       outcome.downtimeMs = ms;
-      events.emit({ type: 'parent-resumed', downtimeMs: ms });
+      if (parts) outcome.downtimeParts = parts;
+      events.emit({ type: 'parent-resumed', downtimeMs: ms, ...(parts ? { downtimeParts: parts } : {}) });
     },
   });
   outcome.strategy = result.strategy;
@@ -92,6 +96,14 @@ export async function capture(context: JobContext, pre: Preflight, prepared: Pre
   // keeps the journal, and so the originals, if it fails again).
   await migrationSettings.restore().catch((error: unknown) => log.warn({ err: errorMessage(error) }, 'the parent\'s migration settings could not be put back yet; the clean-up retries'));
   return result;
+}
+
+/** What the collapse before a fork did to the huge-page coverage of guest RAM, for meta.json. */
+function hugePagesOf(prepared: Prepared): { anonHugeBytes?: number; collapse?: { beforeBytes: number; afterBytes: number; ms: number; failedBytes: number } } {
+  const report = prepared.hugePages;
+  if (!report?.supported || !report.before || !report.after) return {};
+  const kib = (value: number | null) => (value ?? 0) * 1024;
+  return { anonHugeBytes: kib(report.after.anonHugeKiB), collapse: { beforeBytes: kib(report.before.anonHugeKiB), afterBytes: kib(report.after.anonHugeKiB), ms: report.ms ?? 0, failedBytes: report.failedBytes ?? 0 } };
 }
 
 /** Run the halt-time undos in reverse, each attempted; the child goes first (it holds the images). */

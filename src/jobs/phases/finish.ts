@@ -35,6 +35,8 @@ export async function commitSnapshot(context: JobContext, pre: Preflight, captur
     consistency: outcome.consistency!,
     consistencyReason: outcome.consistencyReason!,
     parentDowntimeMs: outcome.downtimeMs ?? Number.NaN,
+    ...(outcome.downtimeParts ? { parentDowntimeParts: outcome.downtimeParts } : {}),
+    ...(outcome.parentMemory ? { parentMemory: outcome.parentMemory } : {}),
     timeToStateMs: Math.round(captured.stateCompleteAtMs - captured.haltedAtMs),
     timeToImageMs: Math.round(materialised.imageReadyAt - captured.haltedAtMs),
     phasesMs: context.phases.durations as Record<string, number>,

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { DowntimeParts } from '../../forker/downtime-parts.js';
 import type { Paths } from '../../config.js';
 import type { ForksnapError } from '../../errors.js';
 import type { StrategyName } from '../../forker/strategy.js';
@@ -51,6 +52,8 @@ export interface SnapshotJobOptions {
   readonly diskBackend?: DiskBackendName | 'auto';
   /** Also keep the disks as they were at the halt (crash-consistent), for comparison. */
   readonly keepCrashImage?: boolean;
+  /** 'incremental' (default): images stored as what differs from the VM's previous snapshot where possible; 'full': self-contained. */
+  readonly storage?: 'full' | 'incremental';
   readonly labels?: Record<string, string>;
   /** Migration bandwidth cap in bytes/s, to limit the capture's load on the host (default: unlimited). */
   readonly maxBandwidth?: number | undefined;
@@ -68,6 +71,10 @@ export interface JobOutcome {
   strategy?: StrategyName;
   strategyFallback?: { from: string; reason: string };
   downtimeMs?: number;
+  /** Where the downtime went (fork, background-snapshot): src/forker/downtime-parts.ts. */
+  downtimeParts?: DowntimeParts;
+  /** The parent's page tables (VmPTE) and resident memory just before the halt: fork() copies the page tables. */
+  parentMemory?: { vmPteBytes?: number; vmRssBytes?: number; anonHugeBytes?: number; collapse?: { beforeBytes: number; afterBytes: number; ms: number; failedBytes: number } };
   haltedAtMs?: number;
   consistency?: Consistency;
   consistencyReason?: string;

@@ -4,6 +4,7 @@ import { workRoot } from '../../config.js';
 import { ForksnapError } from '../../errors.js';
 import { FAST_BANDWIDTH } from '../../forker/migration-config.js';
 import { processIdentity as pidIdentity } from '../../qemu/process-info.js';
+import { collapseGuestRam, type CollapseReport } from '../../qemu/collapse-guest-ram.js';
 import { buildChildArgv, type ChildDisk } from '../../isolation/child-command-line.js';
 import { argvAs, childCredentials, grantTo } from '../../isolation/child-credentials.js';
 import type { DiskBackendContext, DiskJournal, DiskSnapshot } from '../../snapshot/disk-backend.js';
@@ -33,6 +34,8 @@ export interface Prepared {
   readonly snapshots: readonly DiskSnapshot[];
   readonly slot: ChildSlot;
   readonly migrationSettings: ParentMigrationSettings;
+  /** fork: what collapsing the parent's guest RAM into huge pages did (src/qemu/collapse-guest-ram.ts). */
+  readonly hugePages?: CollapseReport;
 }
 
 export async function prepare(context: JobContext, pre: Preflight): Promise<Prepared> {
@@ -107,7 +110,10 @@ export async function prepare(context: JobContext, pre: Preflight): Promise<Prep
     const migrationSettings = new ParentMigrationSettings(pre.parent, { 'max-bandwidth': options.maxBandwidth ?? FAST_BANDWIDTH }, log, (original) => journal.update(() => ({ migrationSettings: original })));
     undo.push('restore parent migration settings', () => migrationSettings.restore());
     await migrationSettings.apply(pre.strategy.capabilities, signal);
-    return { workDir, migrationUri, snapshots, slot, migrationSettings };
+    // Last before the halt: fork() copies the page tables, so guest RAM an earlier snapshot split
+    // into 4 KiB pages is collapsed back into huge pages now, while the guest runs.
+    const hugePages = pre.strategy.name === 'fork' ? await collapseGuestRam(pre.inventory.pid, phaseLog, signal) : undefined;
+    return { workDir, migrationUri, snapshots, slot, migrationSettings, ...(hugePages ? { hugePages } : {}) };
   });
 }
 
