@@ -5,7 +5,7 @@ import { ForksnapError } from '../errors.js';
 import type { CliContext } from './context.js';
 import { printJson } from './output.js';
 
-const USAGE = 'forksnap bench [--sizes 512,1024,2048] [--repeat 5 | --repeat 5,5,3] [--out docs/bench]';
+const USAGE = 'forksnap bench [--sizes 512,1024,2048] [--repeat 5 | --repeat 5,5,3] [--out docs/bench]  (FORKSNAP_BENCH_DIR: where the guests live, default /var/tmp; precopy needs a reflink filesystem there)';
 
 /**
  * `forksnap bench`: see src/bench/run-bench.ts. Writes results.json, results.md and chart.svg to
@@ -21,7 +21,8 @@ export async function benchCommand(context: CliContext, rest: string[]): Promise
   }
   const outDir = path.resolve((values.out as string | undefined) ?? path.join('docs', 'bench'));
   const print = (line: string) => (json ? undefined : process.stdout.write(`${line}\n`));
-  const results = await runBench({ sizesMiB, repeat: repeat.length === 1 ? sizesMiB.map(() => repeat[0]!) : repeat, log, signal, print });
+  const workRoot = process.env.FORKSNAP_BENCH_DIR || undefined;
+  const results = await runBench({ sizesMiB, repeat: repeat.length === 1 ? sizesMiB.map(() => repeat[0]!) : repeat, log, signal, print, ...(workRoot ? { workRoot } : {}) });
   const files = await writeReport(results, outDir);
   if (json) {
     printJson({ ...results, files });

@@ -10,17 +10,20 @@ export function wallNowMs(): number {
  * The ends are QEMU's own STOP and RESUME timestamps; the marks between them are taken on the host
  * clock by forksnap as each step returns:
  *
- *   STOP ─ diskView ─ views in place ─ migrateCommand ─ `migrate` answered ─ snapshotPoint ─
- *   point seen ─ resumeCommand ─ `cont` sent ─ resume ─ RESUME
+ *   STOP ─ halt ─ `stop` answered ─ diskView ─ views in place ─ migrateCommand ─ `migrate`
+ *   answered ─ snapshotPoint ─ point seen ─ resumeCommand ─ `cont` sent ─ resume ─ RESUME
  *
- * forksnap's own share is what it does between QEMU's work: the disk views' QMP commands at the
- * halt (QEMU executes them in microseconds; the time is round trips) and the ordering round trip
- * before `cont`. QEMU's share: the `migrate` command, saving the device state and forking (or
+ * QEMU sends STOP once the vCPUs are paused and only then drains and flushes the guest's I/O
+ * (do_vm_stop): `halt` is QEMU's. forksnap's own share is what it does between QEMU's work: the
+ * disk views' QMP commands at the halt (QEMU executes them in microseconds; the time is round
+ * trips and forksnap's own code) and the ordering round trip before `cont` (background-snapshot
+ * only). QEMU's share: the flush, the `migrate` command, saving the device state and forking (or
  * arming write-protection) until forksnap sees the snapshot point (this includes up to one poll
  * interval of forksnap's, 1 ms), and the resume. A QEMU that resumes by itself (7.2's
  * background-snapshot) has no resumeCommand, and its resume counts from the `migrate` answer.
  */
 export interface DowntimeParts {
+  readonly haltMs: number;
   readonly diskViewMs: number;
   readonly migrateCommandMs: number;
   readonly snapshotPointMs?: number;
@@ -31,6 +34,7 @@ export interface DowntimeParts {
 }
 
 export interface DowntimeMarks {
+  haltAnsweredAt?: number;
   viewsAt?: number;
   migrateAnsweredAt?: number;
   pointSeenAt?: number;
@@ -38,19 +42,20 @@ export interface DowntimeMarks {
 }
 
 export function downtimeParts(stopAt: number, resumeAt: number, marks: DowntimeMarks): DowntimeParts | undefined {
-  const { viewsAt, migrateAnsweredAt, pointSeenAt, contSentAt } = marks;
-  if (viewsAt === undefined || migrateAnsweredAt === undefined) return undefined;
-  const diskViewMs = viewsAt - stopAt;
+  const { haltAnsweredAt, viewsAt, migrateAnsweredAt, pointSeenAt, contSentAt } = marks;
+  if (haltAnsweredAt === undefined || viewsAt === undefined || migrateAnsweredAt === undefined) return undefined;
+  const haltMs = haltAnsweredAt - stopAt;
+  const diskViewMs = viewsAt - haltAnsweredAt;
   const migrateCommandMs = migrateAnsweredAt - viewsAt;
   if (pointSeenAt !== undefined && contSentAt !== undefined) {
     const snapshotPointMs = pointSeenAt - migrateAnsweredAt;
     const resumeCommandMs = contSentAt - pointSeenAt;
     const resumeMs = resumeAt - contSentAt;
     const forksnapMs = diskViewMs + resumeCommandMs;
-    return round({ diskViewMs, migrateCommandMs, snapshotPointMs, resumeCommandMs, resumeMs, forksnapMs, qemuMs: resumeAt - stopAt - forksnapMs });
+    return round({ haltMs, diskViewMs, migrateCommandMs, snapshotPointMs, resumeCommandMs, resumeMs, forksnapMs, qemuMs: resumeAt - stopAt - forksnapMs });
   }
   const resumeMs = resumeAt - migrateAnsweredAt;
-  return round({ diskViewMs, migrateCommandMs, resumeMs, forksnapMs: diskViewMs, qemuMs: resumeAt - stopAt - diskViewMs });
+  return round({ haltMs, diskViewMs, migrateCommandMs, resumeMs, forksnapMs: diskViewMs, qemuMs: resumeAt - stopAt - diskViewMs });
 }
 
 function round(parts: DowntimeParts): DowntimeParts {

@@ -46,8 +46,9 @@ export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background
     });
     // Ordering: the disks are frozen while the parent is halted and BEFORE the migration starts,
     // so the disks and the RAM/device state are of the same instant.
+    const marks: DowntimeMarks = { haltAnsweredAt: wallNowMs() };
     await phases.run('disk-snapshot', timeouts.diskSnapshotMs, ({ signal }) => context.atHalt(signal));
-    const marks: DowntimeMarks = { viewsAt: wallNowMs() };
+    marks.viewsAt = wallNowMs();
     return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
       const attempt = async (strategy: StrategyName, usesWriteProtection: boolean, child: { child: QmpClient; childProcess: QemuChildProcess }) => {
         try {
@@ -102,8 +103,13 @@ async function migrate(
       // patch series, and background-snapshot from QEMU 9.0. The RESUME event then follows our `cont`.
       waitForSnapshotPoint(parent, strategy, watchSignal).then(async () => {
         marks.pointSeenAt = wallNowMs();
-        await resumeAtSnapshotPoint(parent, watchSignal, () => {
-          marks.contSentAt = wallNowMs();
+        await resumeAtSnapshotPoint(parent, watchSignal, {
+          // The ordering round trip is for background-snapshot (a bottom half of QEMU's may still
+          // restore the run state); forksnap's fork patches restore it before the point is visible.
+          orderingRoundTrip: strategy !== 'fork',
+          beforeCont: () => {
+            marks.contSentAt = wallNowMs();
+          },
         });
         return new Promise<never>((_, reject) => watchSignal.addEventListener('abort', () => reject(watchSignal.reason), { once: true }));
       }),

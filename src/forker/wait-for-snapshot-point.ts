@@ -38,12 +38,13 @@ export async function waitForSnapshotPoint(parent: QmpClient, strategy: Strategy
 
 /**
  * Resume a parent QEMU left paused at the snapshot point (see waitForSnapshotPoint). One QMP
- * round trip first: a bottom half QEMU scheduled before the point became visible (10.0's
- * background-snapshot restores the run state from one) runs before a command that arrives after
- * that round trip, so it cannot undo the `cont`.
+ * round trip first (orderingRoundTrip, default on): a bottom half QEMU scheduled before the point
+ * became visible (10.0's background-snapshot restores the run state from one) runs before a
+ * command that arrives after that round trip, so it cannot undo the `cont`. forksnap's fork
+ * patches restore the run state before the point becomes visible: no round trip needed.
  */
-export async function resumeAtSnapshotPoint(parent: QmpClient, signal: AbortSignal, beforeCont?: () => void): Promise<void> {
-  await parent.execute('query-status', undefined, { signal });
-  beforeCont?.();
+export async function resumeAtSnapshotPoint(parent: QmpClient, signal: AbortSignal, options: { orderingRoundTrip?: boolean; beforeCont?: () => void } = {}): Promise<void> {
+  if (options.orderingRoundTrip ?? true) await parent.execute('query-status', undefined, { signal });
+  options.beforeCont?.();
   await parent.execute('cont', undefined, { signal });
 }

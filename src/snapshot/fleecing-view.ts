@@ -110,14 +110,19 @@ export async function addExport(qmp: QmpClient, options: { id: string; node: str
  * a guest write between the two commands would bypass the filter. Two QMP round trips per disk.
  */
 export async function armCopyBeforeWrite(qmp: QmpClient, options: { cbw: string; source: string; target: string; qdev: string; timeoutS: number }, log: Logger, signal: AbortSignal): Promise<void> {
-  await qmp.execute('blockdev-add', { driver: 'copy-before-write', 'node-name': options.cbw, file: options.source, target: options.target, 'on-cbw-error': 'break-snapshot', 'cbw-timeout': options.timeoutS }, { signal });
-  try {
-    await qmp.execute('qom-set', { path: qomPathOf(options.qdev), property: 'drive', value: options.cbw }, { signal });
-  } catch (error) {
+  // Both commands go out at once (this is parent downtime: one round trip instead of two). QMP
+  // runs them in order, so the qom-set sees the filter if blockdev-add made it, and fails
+  // harmlessly ("no node") if it did not.
+  const [added, repointed] = await Promise.allSettled([
+    qmp.execute('blockdev-add', { driver: 'copy-before-write', 'node-name': options.cbw, file: options.source, target: options.target, 'on-cbw-error': 'break-snapshot', 'cbw-timeout': options.timeoutS }, { signal }),
+    qmp.execute('qom-set', { path: qomPathOf(options.qdev), property: 'drive', value: options.cbw }, { signal }),
+  ]);
+  if (added.status === 'rejected') throw added.reason;
+  if (repointed.status === 'rejected') {
     await qmp.execute('blockdev-del', { 'node-name': options.cbw }).catch((deleteError: unknown) => {
       log.error({ node: options.cbw, err: errorMessage(deleteError) }, 'could not delete the copy-before-write filter after the device refused it');
     });
-    throw error;
+    throw repointed.reason;
   }
 }
 

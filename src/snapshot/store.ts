@@ -68,6 +68,7 @@ export const snapshotMetaSchema = z.object({
    * own share (disk views at the halt, the ordering round trip before cont) and QEMU's.
    */
   parentDowntimeParts: z.object({
+    haltMs: z.number().optional(),
     diskViewMs: z.number(),
     migrateCommandMs: z.number(),
     snapshotPointMs: z.number().optional(),

@@ -8,7 +8,8 @@ import type { DiskSnapshot } from '../../snapshot/disk-backend.js';
  * Ordering rules:
  * - all disks freeze at the same instant: the QMP actions of every disk (TEAM.md interface 5,
  *   `haltActions()`) go into ONE `transaction`, which QEMU applies atomically or not at all;
- * - then each snapshot's `commitAtHalt` (what must follow the freeze, e.g. a reflink clone);
+ * - then every snapshot's `commitAtHalt` (what must follow the freeze, e.g. a reflink clone), all
+ *   disks at once;
  * - the crash-consistent copies (`--keep-crash-image`) last, still at the halt.
  * An undo a snapshot returns from `commitAtHalt` is collected in `haltUndos`; the job registered
  * the slot that runs them before the halt (see capture.ts), so they unwind after "resume the parent".
@@ -39,9 +40,14 @@ export async function snapshotDisksAtHalt(
       throw new ForksnapError('DISK_SNAPSHOT_FAILED', `freezing the disks (${snapshots.map((s) => s.disk.id).join(', ')}) in one QMP transaction failed: ${errorMessage(error)}`, { disks: snapshots.map((s) => s.disk.id), actions: actions.map((a) => a.type) }, { cause: error });
     }
   }
-  for (const snapshot of snapshots) {
-    const { undo } = await snapshot.commitAtHalt(signal);
-    if (undo) haltUndos.push({ disk: snapshot.disk.id, run: undo });
-  }
+  // Every disk at once: their QMP commands are pipelined (QEMU still runs them one after the
+  // other), so the halt costs one round trip, not one per disk. Each undo that a commit returned
+  // is kept, also when another disk failed.
+  const committed = await Promise.allSettled(snapshots.map((snapshot) => snapshot.commitAtHalt(signal)));
+  committed.forEach((outcome, index) => {
+    if (outcome.status === 'fulfilled' && outcome.value.undo) haltUndos.push({ disk: snapshots[index]!.disk.id, run: outcome.value.undo });
+  });
+  const failed = committed.find((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected');
+  if (failed) throw failed.reason;
   if (options.keepCrashImage) for (const snapshot of snapshots) await snapshot.keepCrashImage?.(signal);
 }

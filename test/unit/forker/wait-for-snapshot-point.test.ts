@@ -46,4 +46,12 @@ describe('waitForSnapshotPoint', () => {
     const order = server.received.map((command) => command.execute).filter((name) => name !== 'qmp_capabilities');
     expect(order).toEqual(['query-status', 'cont']);
   });
+
+  it('resumeAtSnapshotPoint without the ordering round trip (fork): cont alone', async () => {
+    const { server, qmp } = await qmpWith({ handlers: { cont: { return: {} } } });
+    let marked = 0;
+    await resumeAtSnapshotPoint(qmp, AbortSignal.timeout(3000), { orderingRoundTrip: false, beforeCont: () => marked++ });
+    expect(server.received.map((command) => command.execute).filter((name) => name !== 'qmp_capabilities')).toEqual(['cont']);
+    expect(marked).toBe(1);
+  });
 });
