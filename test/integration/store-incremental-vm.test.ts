@@ -1,4 +1,4 @@
-import { statfs } from 'node:fs/promises';
+import { statfs, truncate } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
@@ -99,6 +99,12 @@ describe('incremental snapshots of a running VM', () => {
     const next = await snapshot('incr-next');
     expect(next.meta.disks[0].image.backing).toMatchObject({ snapshot: 'incr-full' });
     expect((await verify('incr-next')).verdict).toBe('passed');
+    // A base that cannot be read (its image truncated): the next snapshot is stored full, with why.
+    await truncate(next.meta.disks[0].image.path, 0);
+    const fallback = await snapshot('incr-fallback');
+    expect(fallback.meta.disks[0].image.backing).toBeUndefined();
+    expect(fallback.meta.disks[0].fullReason).toMatch(/^writing it as an increment over incr-next failed: /);
+    expect((await verify('incr-fallback')).verdict).toBe('passed');
     const revert = await runCli(['snapshot', 'revert', 'incr-4', '--restart'], guest.state);
     expect(revert.exitCode, revert.stderr).toBe(0);
     const info = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', guest.vm.disk])).stdout) as { format: string; 'backing-filename'?: string };
