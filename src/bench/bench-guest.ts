@@ -33,7 +33,7 @@ export async function buildTestGuest(signal: AbortSignal): Promise<{ kernel: str
   return JSON.parse(await readFile(path.join(dir, 'manifest.json'), 'utf8')) as { kernel: string; initrd: string; dataDisk: string; append: string };
 }
 
-export async function startBenchGuest(options: { paths: Paths; dir: string; name: string; memoryMiB: number; ballastMiB: number; dirtyMiB: number; log: Logger; signal: AbortSignal }): Promise<BenchGuest> {
+export async function startBenchGuest(options: { paths: Paths; dir: string; name: string; memoryMiB: number; ballastMiB: number; dirtyMiB: number; shutdownTouchMiB?: number; log: Logger; signal: AbortSignal }): Promise<BenchGuest> {
   const guest = await buildTestGuest(options.signal);
   await mkdir(options.dir, { recursive: true });
   const disk = path.join(options.dir, 'data.qcow2');
@@ -60,6 +60,7 @@ export async function startBenchGuest(options: { paths: Paths; dir: string; name
     // Filling guest RAM under TCG runs at ~50 MiB/s.
     await expectOk(control, `ballast ${options.ballastMiB}`, 30_000 + options.ballastMiB * 200);
     await expectOk(control, `dirty ${options.dirtyMiB}`, 30_000 + options.dirtyMiB * 200);
+    if (options.shutdownTouchMiB) await expectOk(control, `shutdowntouch ${options.shutdownTouchMiB}`, 10_000);
     await control.waitForRates(2, 30_000);
     return { name: options.name, pid: record.pid!, qmpSocket: record.qmpSocket, control, stop };
   } catch (error) {

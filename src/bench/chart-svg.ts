@@ -9,6 +9,7 @@ import { BENCH_METHODS, type BenchMethod, type BenchResults, type MethodSummary,
  */
 export const METHOD_COLORS: Record<BenchMethod, string> = {
   fork: '#1b9e77',
+  'fork-postcopy': '#66a61e',
   'background-snapshot': '#7570b3',
   precopy: '#e6ab02',
   'stop-the-world': '#d95f02',
@@ -31,7 +32,14 @@ const PANELS: Panel[] = [
   { title: 'Halt until the child holds the full state (ms, log scale)', scale: 'log', unit: 'ms', pick: (s) => s.timeToStateMs, note: 'precopy: from its halt, after the iterative pre-copy; stop-the-world: until the state file is written; disk-only has no RAM state' },
   { title: 'Guest dirtying rate during the capture (% of before)', scale: 'linear', unit: '%', pick: (s) => s.rateFraction, factor: 100, guide: 90, note: 'fork, background-snapshot: from the resume until the child holds the state; precopy: during its pre-copy; stop-the-world: paused (0); dashed line: 90 %' },
   { title: 'The same with the vCPU\'s wait for a host CPU taken out (% of the 2 s before)', scale: 'linear', unit: '%', pick: (s) => s.rateFractionNoWait, factor: 100, guide: 90, note: 'time the vCPU thread sat in a host run queue removed from both; faults and lock waits stay counted' },
+  { title: 'Halt until the snapshot image is ready (ms, log scale)', scale: 'log', unit: 'ms', pick: (s) => s.timeToImageMs, note: 'fork-postcopy: its child runs its shutdown on the device state and faults its RAM in' },
+  { title: 'The child QEMU\'s own peak Pss (MiB, log scale)', scale: 'log', unit: 'MiB', pick: (s) => mib(s.childPeakPssBytes), note: 'what the child holds: all of guest RAM, or with fork-postcopy what its shutdown touched' },
 ];
+
+/** A byte Stat in MiB. */
+function mib(value: Stat | null | undefined): Stat | null {
+  return value ? { median: value.median / 1048576, min: value.min / 1048576, max: value.max / 1048576, n: value.n } : null;
+}
 
 const WIDTH = 960;
 const PANEL_HEIGHT = 250;

@@ -12,10 +12,14 @@ import { childPids } from '../qemu/process-info.js';
  * parent and its forked streamer share copy-on-write twice (it overstates fork by up to the whole
  * guest RAM), Pss splits shared pages between their users, so its sum is the real host memory in
  * use. smaps_rollup walks the page tables (~6 ms for 1.5 GiB resident), hence the lower rate.
+ * The child's own Pss (the snapshot job's qemu-system: it holds the guest RAM it received, all of
+ * it, or with fork-postcopy what its shutdown touched) is read at every tick and kept apart.
  */
 export interface MemoryPeak {
   readonly peakRssBytes: number;
   readonly peakPssBytes: number;
+  /** The snapshot job's child QEMU alone. */
+  readonly childPeakPssBytes: number;
   readonly samples: number;
   /** comm of every process seen, with how many of them (e.g. {"qemu-system-x86": 2, "qemu-forksnap": 1}). */
   readonly processes: Record<string, number>;
@@ -24,6 +28,7 @@ export interface MemoryPeak {
 export class MemorySampler {
   #peakRss = 0;
   #peakPss = 0;
+  #childPeakPss = 0;
   #samples = 0;
   #stopped = false;
   readonly #seen = new Map<number, string>();
@@ -43,7 +48,7 @@ export class MemorySampler {
     await this.#loop;
     const processes: Record<string, number> = {};
     for (const comm of this.#seen.values()) processes[comm] = (processes[comm] ?? 0) + 1;
-    return { peakRssBytes: this.#peakRss, peakPssBytes: this.#peakPss, samples: this.#samples, processes };
+    return { peakRssBytes: this.#peakRss, peakPssBytes: this.#peakPss, childPeakPssBytes: this.#childPeakPss, samples: this.#samples, processes };
   }
 
   async #run(): Promise<void> {
@@ -57,29 +62,39 @@ export class MemorySampler {
   }
 
   async #sample(withPss: boolean): Promise<void> {
-    const pids = await this.#qemuPids();
+    const { pids, children } = await this.#qemuPids();
     let rss = 0;
     let pss = 0;
+    let childPss = 0;
     for (const pid of pids) {
       rss += await readKb(`/proc/${pid}/status`, 'VmRSS');
-      if (withPss) pss += await readKb(`/proc/${pid}/smaps_rollup`, 'Pss');
+      const isChild = children.includes(pid);
+      if (withPss || isChild) {
+        const kb = await readKb(`/proc/${pid}/smaps_rollup`, 'Pss');
+        if (withPss) pss += kb;
+        if (isChild) childPss += kb;
+      }
     }
     this.#samples++;
     this.#peakRss = Math.max(this.#peakRss, rss * 1024);
     if (withPss) this.#peakPss = Math.max(this.#peakPss, pss * 1024);
+    this.#childPeakPss = Math.max(this.#childPeakPss, childPss * 1024);
   }
 
-  async #qemuPids(): Promise<number[]> {
-    const candidates = [...(await childPids(this.parentPid)), ...(await childPids(process.pid))];
+  async #qemuPids(): Promise<{ pids: number[]; children: number[] }> {
+    const ofParent = await childPids(this.parentPid);
+    const ours = await childPids(process.pid);
     const pids = [this.parentPid];
-    for (const pid of candidates) {
+    const children: number[] = [];
+    for (const pid of [...ofParent, ...ours]) {
       const comm = (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
       if (comm.startsWith('qemu-system') || comm === 'qemu-forksnap') pids.push(pid);
+      if (comm.startsWith('qemu-system') && ours.includes(pid)) children.push(pid);
     }
     for (const pid of pids) {
       if (!this.#seen.has(pid)) this.#seen.set(pid, (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '?')).trim());
     }
-    return pids;
+    return { pids, children };
   }
 }
 

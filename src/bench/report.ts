@@ -51,12 +51,20 @@ export function renderSizeTable(size: SizeResult): string[] {
     const failed = summary.failures.length ? ` (${summary.failures.length} failed)` : '';
     return `| ${summary.method}${failed} | ${ms(summary.downtimeMs)} | ${ms(summary.timeToStateMs)}${summary.precopyMs ? ` (+${ms(summary.precopyMs, true)} pre-copy)` : ''} | ${ms(summary.timeToImageMs)} | ${fraction(summary.rateFraction)} | ${fraction(summary.rateFractionNoWait)} | ${summary.vcpuShareDuring ? percent(summary.vcpuShareDuring.median) : 'n/a'} | ${memory(summary)} | ${summary.consistency} |`;
   });
+  const guestBytes = size.memoryMiB * 1048576;
+  const mib = (value: Stat | null | undefined) => (value ? `${(value.median / 1048576).toFixed(0)}${value.n > 1 ? ` (${(value.min / 1048576).toFixed(0)}–${(value.max / 1048576).toFixed(0)})` : ''}` : 'n/a');
+  const child = size.methods.filter((summary) => !summary.unsupported && summary.runs > 0 && summary.method !== 'stop-the-world' && summary.method !== 'disk-only').map((summary) =>
+    `| ${summary.method} | ${ms(summary.timeToChildRunMs ?? null)} | ${mib(summary.childPeakPssBytes)}${summary.childPeakPssBytes ? ` (${percent(summary.childPeakPssBytes.median / guestBytes)})` : ''} | ${summary.postcopyRequests ? summary.postcopyRequests.median.toFixed(0) : 'n/a'} | ${mib(summary.postcopyUnsentBytes)} | ${mib(summary.parentVmPteBytes)} |`);
   return [
-    `## ${sizeLabel(size.memoryMiB)} guest (${size.ballastMiB} MiB ballast + ${size.dirtyMiB} MiB rewritten at ${rate}, ${size.repeat} repetitions, ${minutes(size.durationMs)})`,
+    `## ${sizeLabel(size.memoryMiB)} guest (${size.ballastMiB} MiB ballast + ${size.dirtyMiB} MiB rewritten at ${rate}${size.shutdownTouchMiB ? `; its shutdown reads ${size.shutdownTouchMiB} MiB of the ballast` : ''}, ${size.repeat} repetitions, ${minutes(size.durationMs)})`,
     '',
     '| method | parent downtime (ms) | time to state (ms) | time to image (ms) | guest rate during capture | same, CPU wait taken out | vCPU on a CPU | peak host memory MiB | consistency |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
     ...rows,
+    '',
+    '| method | halt to the child\'s first instruction (ms) | child QEMU peak Pss MiB (of guest RAM) | page requests (fork-postcopy) | guest RAM never sent MiB | parent VmPTE before the halt MiB |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+    ...child,
   ];
 }
 

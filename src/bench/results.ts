@@ -2,7 +2,7 @@
  * The benchmark's results (docs/bench/results.json): every repetition as measured, and per guest
  * size and method the median, min and max. report.ts renders them; nothing here does I/O.
  */
-export const BENCH_METHODS = ['fork', 'background-snapshot', 'precopy', 'stop-the-world', 'disk-only'] as const;
+export const BENCH_METHODS = ['fork', 'fork-postcopy', 'background-snapshot', 'precopy', 'stop-the-world', 'disk-only'] as const;
 export type BenchMethod = (typeof BENCH_METHODS)[number];
 
 /** One repetition of one method. Times in ms, host memory in bytes, rates in MiB/s. */
@@ -44,6 +44,13 @@ export interface RunSample {
   /** fork, background-snapshot: forksnap's own share of the downtime and QEMU's (src/forker/downtime-parts.ts). */
   readonly forksnapDowntimeMs?: number | undefined;
   readonly qemuDowntimeMs?: number | undefined;
+  /** The child QEMU's own peak Pss (its guest RAM is what it received), bytes. */
+  readonly childPeakPssBytes?: number | undefined;
+  /** Halt -> the child's first instruction (its `cont`, after the isolation). */
+  readonly timeToChildRunMs?: number | undefined;
+  /** fork-postcopy: the child's page requests, and the guest RAM never sent, bytes. */
+  readonly postcopyRequests?: number | undefined;
+  readonly postcopyUnsentBytes?: number | undefined;
 }
 
 export interface Stat {
@@ -84,12 +91,18 @@ export interface MethodSummary {
   readonly parentVmPteBytes?: Stat | null;
   readonly forksnapDowntimeMs?: Stat | null;
   readonly qemuDowntimeMs?: Stat | null;
+  readonly childPeakPssBytes?: Stat | null;
+  readonly timeToChildRunMs?: Stat | null;
+  readonly postcopyRequests?: Stat | null;
+  readonly postcopyUnsentBytes?: Stat | null;
 }
 
 export interface SizeResult {
   readonly memoryMiB: number;
   readonly ballastMiB: number;
   readonly dirtyMiB: number;
+  /** What the guest's shutdown reads of its ballast (a known share of guest RAM it touches), MiB. */
+  readonly shutdownTouchMiB?: number;
   readonly repeat: number;
   readonly rateBeforeMiBs: Stat | null;
   readonly methods: readonly MethodSummary[];
@@ -151,6 +164,10 @@ export function summariseMethod(method: BenchMethod, runs: readonly RunSample[],
     parentVmPteBytes: numbers((run) => run.parentVmPteBytes),
     forksnapDowntimeMs: numbers((run) => run.forksnapDowntimeMs),
     qemuDowntimeMs: numbers((run) => run.qemuDowntimeMs),
+    childPeakPssBytes: numbers((run) => run.childPeakPssBytes),
+    timeToChildRunMs: numbers((run) => run.timeToChildRunMs),
+    postcopyRequests: numbers((run) => run.postcopyRequests),
+    postcopyUnsentBytes: numbers((run) => run.postcopyUnsentBytes),
   };
 }
 
@@ -179,6 +196,13 @@ export function checkTargets(sizes: readonly SizeResult[]): TargetCheck[] {
     const forkNoWait = fork?.rateFractionNoWait?.median;
     const bgNoWait = bg?.rateFractionNoWait?.median;
     checks.push({ memoryMiB: size.memoryMiB, target: 'same, host CPU wait taken out: fork >= 90 % of before', measured: forkNoWait === undefined ? 'n/a' : percent(forkNoWait), required: '>= 90 %', met: forkNoWait === undefined ? null : forkNoWait >= 0.9 });
+    // fork-postcopy (issue 14): the child holds only what its shutdown touched, and is done sooner.
+    const postcopy = by('fork-postcopy');
+    const childPss = postcopy?.childPeakPssBytes?.median;
+    const guestBytes = size.memoryMiB * 1048576;
+    checks.push({ memoryMiB: size.memoryMiB, target: "fork-postcopy child's peak Pss <= 25 % of guest RAM", measured: childPss === undefined ? 'n/a' : percent(childPss / guestBytes), required: '<= 25 %', met: childPss === undefined ? null : childPss <= guestBytes / 4 });
+    const image = ratio(fork?.timeToImageMs, postcopy?.timeToImageMs);
+    checks.push({ memoryMiB: size.memoryMiB, target: "fork-postcopy time to image <= 1/3 of fork's", measured: image === undefined ? 'n/a' : `1/${formatRatio(image)}`, required: '<= 1/3', met: image === undefined ? null : image >= 3 });
     checks.push({ memoryMiB: size.memoryMiB, target: "same, host CPU wait taken out: fork >= background-snapshot's", measured: forkNoWait === undefined || bgNoWait === undefined ? 'n/a' : `${percent(forkNoWait)} vs ${percent(bgNoWait)}`, required: 'fork >= bg', met: forkNoWait === undefined || bgNoWait === undefined ? null : forkNoWait >= bgNoWait });
   }
   return checks;

@@ -41,12 +41,17 @@ export interface BenchOptions {
   readonly print: (line: string) => void;
 }
 
-/** The workload scales with the guest: half its RAM static non-zero data, an eighth rewritten continuously. */
-export function workloadFor(memoryMiB: number): { ballastMiB: number; dirtyMiB: number } {
-  return { ballastMiB: Math.floor(memoryMiB / 2), dirtyMiB: Math.floor(memoryMiB / 8) };
+/**
+ * The workload scales with the guest: half its RAM static non-zero data, an eighth rewritten
+ * continuously, and a shutdown that reads a quarter of the static data (an eighth of guest RAM: a
+ * known share its shutdown touches, as a database flushing its buffers would).
+ */
+export function workloadFor(memoryMiB: number): { ballastMiB: number; dirtyMiB: number; shutdownTouchMiB: number } {
+  const ballastMiB = Math.floor(memoryMiB / 2);
+  return { ballastMiB, dirtyMiB: Math.floor(memoryMiB / 8), shutdownTouchMiB: Math.floor(ballastMiB / 4) };
 }
 
-const STRATEGIES: readonly BenchMethod[] = ['fork', 'background-snapshot', 'precopy'];
+const STRATEGIES: readonly BenchMethod[] = ['fork', 'fork-postcopy', 'background-snapshot', 'precopy'];
 
 export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const started = Date.now();
@@ -84,7 +89,7 @@ async function benchSize(options: Omit<BenchOptions, 'repeat' | 'methods'> & { m
   const paths = resolvePaths({ stateDir: path.join(options.work, 'state') });
   const workload = workloadFor(memoryMiB);
   const label = memoryMiB >= 1024 ? `${memoryMiB / 1024} GiB` : `${memoryMiB} MiB`;
-  print(`${label}: booting the guest, filling ${workload.ballastMiB} MiB and starting to rewrite ${workload.dirtyMiB} MiB...`);
+  print(`${label}: booting the guest, filling ${workload.ballastMiB} MiB, starting to rewrite ${workload.dirtyMiB} MiB; its shutdown reads ${workload.shutdownTouchMiB} MiB...`);
   const guest = await startBenchGuest({ paths, dir: path.join(options.work, 'vm'), name: `bench-${memoryMiB}`, memoryMiB, ...workload, log, signal });
   const clock = await VcpuClock.start(guest.pid).catch(async (error: unknown) => {
     await guest.stop();
@@ -160,6 +165,9 @@ interface Measured {
   readonly parentAnonHugeBytes?: number | undefined;
   readonly forksnapDowntimeMs?: number | undefined;
   readonly qemuDowntimeMs?: number | undefined;
+  readonly timeToChildRunMs?: number | undefined;
+  readonly postcopyRequests?: number | undefined;
+  readonly postcopyUnsentBytes?: number | undefined;
 }
 
 /**
@@ -189,6 +197,7 @@ function toRunSample(method: BenchMethod, rep: number, measured: Measured, befor
     vcpuShareDuring: during && measured.window !== 'paused' ? clock.onCpuShareBetween(during.fromAt, during.toAt) ?? null : null,
     peakRssBytes: memory.peakRssBytes,
     peakPssBytes: memory.peakPssBytes,
+    childPeakPssBytes: memory.childPeakPssBytes,
     processes: memory.processes,
     consistency: measured.consistency,
     consistencyReason: measured.consistencyReason,
@@ -196,6 +205,9 @@ function toRunSample(method: BenchMethod, rep: number, measured: Measured, befor
     parentAnonHugeBytes: measured.parentAnonHugeBytes,
     forksnapDowntimeMs: measured.forksnapDowntimeMs,
     qemuDowntimeMs: measured.qemuDowntimeMs,
+    timeToChildRunMs: measured.timeToChildRunMs,
+    postcopyRequests: measured.postcopyRequests,
+    postcopyUnsentBytes: measured.postcopyUnsentBytes,
   };
 }
 
@@ -224,10 +236,11 @@ async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep
   }
   const haltedAt = Date.parse(meta.createdAt);
   const captureStart = events.history.find((event) => event.type === 'phase-start' && event.phase === 'capture');
-  // fork and background-snapshot copy after the parent resumed; precopy copies before its halt.
+  // fork and background-snapshot copy after the parent resumed; precopy copies before its halt;
+  // fork-postcopy serves the child from the resume until the child is gone.
   const window = method === 'precopy'
     ? (captureStart ? { from: Date.parse(captureStart.time), to: haltedAt } : undefined)
-    : { from: haltedAt + meta.parentDowntimeMs, to: haltedAt + meta.timeToStateMs };
+    : { from: haltedAt + meta.parentDowntimeMs, to: haltedAt + (method === 'fork-postcopy' ? meta.timeToImageMs : meta.timeToStateMs) };
   return {
     downtimeMs: meta.parentDowntimeMs,
     timeToStateMs: meta.timeToStateMs,
@@ -240,6 +253,9 @@ async function measure(method: BenchMethod, guest: BenchGuest, paths: Paths, rep
     parentAnonHugeBytes: meta.parentMemory?.anonHugeBytes,
     forksnapDowntimeMs: meta.parentDowntimeParts?.forksnapMs,
     qemuDowntimeMs: meta.parentDowntimeParts?.qemuMs,
+    timeToChildRunMs: meta.timeToChildRunMs,
+    postcopyRequests: meta.postcopy?.requests,
+    postcopyUnsentBytes: meta.postcopy?.unsentBytes,
   };
 }
 
@@ -247,5 +263,5 @@ function describeRun(run: RunSample): string {
   const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
   const share = (during: number | null, before: number | null) => (during === null || !before ? 'n/a' : `${Math.round((during / before) * 100)} %`);
   const rate = run.rateDuringMiBs === null ? 'n/a' : `${share(run.rateDuringMiBs, run.rateBeforeMiBs)} of ${run.rateBeforeMiBs.toFixed(0)} MiB/s (${share(run.rateDuringNoWaitMiBs, run.rateBeforeNoWaitMiBs)} without CPU wait)${run.rateExact ? '' : ' (short window)'}`;
-  return `downtime ${run.downtimeMs.toFixed(1)} ms, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}${run.consistencyReason ? ` (${run.consistencyReason})` : ''}${run.forksnapDowntimeMs !== undefined ? `, downtime forksnap ${run.forksnapDowntimeMs.toFixed(2)} ms / QEMU ${(run.qemuDowntimeMs ?? 0).toFixed(2)} ms` : ''}${run.parentVmPteBytes !== undefined ? `, VmPTE ${(run.parentVmPteBytes / 1024).toFixed(0)} KiB` : ''}`;
+  return `downtime ${run.downtimeMs.toFixed(1)} ms${run.timeToChildRunMs !== undefined ? `, child runs ${seconds(run.timeToChildRunMs)}` : ''}, child peak ${((run.childPeakPssBytes ?? 0) / 1048576).toFixed(0)} MiB Pss${run.postcopyRequests !== undefined ? ` (${run.postcopyRequests} page requests, ${((run.postcopyUnsentBytes ?? 0) / 1048576).toFixed(0)} MiB never sent)` : ''}, state ${run.timeToStateMs === null ? 'n/a' : seconds(run.timeToStateMs)}, image ${seconds(run.timeToImageMs)}, guest rate ${rate}, peak ${(run.peakPssBytes / 1048576).toFixed(0)} MiB Pss [${(run.peakRssBytes / 1048576).toFixed(0)} MiB RSS], ${run.consistency}${run.consistencyReason ? ` (${run.consistencyReason})` : ''}${run.forksnapDowntimeMs !== undefined ? `, downtime forksnap ${run.forksnapDowntimeMs.toFixed(2)} ms / QEMU ${(run.qemuDowntimeMs ?? 0).toFixed(2)} ms` : ''}${run.parentVmPteBytes !== undefined ? `, VmPTE ${(run.parentVmPteBytes / 1024).toFixed(0)} KiB` : ''}`;
 }

@@ -21,7 +21,8 @@ Usage:
   forksnap vm list                                 list VMs
   forksnap vm stop NAME [--powerdown]              stop a VM
   forksnap vm remove NAME                          forget a stopped VM
-  forksnap snapshot create VM [--name ID] [--strategy auto|fork|background-snapshot|precopy]
+  forksnap snapshot create VM [--name ID] [--strategy auto|fork|fork-postcopy|background-snapshot|precopy]
+                              [--background-push off|on|MIB_PER_S] (fork-postcopy: pages sent besides those the child asks for)
                               [--disk-backend auto|reflink|fleecing] [--shutdown-timeout SEC] [--space-reserve MIB]
                               [--keep-crash-image] [--label KEY=VALUE]... [--max-bandwidth MIB_PER_S]
                               [--require-clean] [--verify] [--full]  (default: stored as an increment over the VM's last snapshot)
@@ -78,6 +79,7 @@ export async function main(argv: string[]): Promise<number> {
         'disk-backend': { type: 'string' },
         'shutdown-timeout': { type: 'string' },
         'max-bandwidth': { type: 'string' },
+        'background-push': { type: 'string' },
         'space-reserve': { type: 'string' },
         'keep-crash-image': { type: 'boolean', default: false },
         'require-clean': { type: 'boolean', default: false },

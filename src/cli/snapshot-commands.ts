@@ -43,7 +43,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
   const { paths, log, json, values } = context;
   switch (command) {
     case 'create': {
-      const usage = 'forksnap snapshot create VM [--name ID] [--strategy S] [--disk-backend B] [--shutdown-timeout SEC] [--keep-crash-image] [--label K=V] [--require-clean] [--verify] [--incremental | --full]';
+      const usage = 'forksnap snapshot create VM [--name ID] [--strategy S] [--background-push off|on|MIB_PER_S] [--disk-backend B] [--shutdown-timeout SEC] [--keep-crash-image] [--label K=V] [--require-clean] [--verify] [--incremental | --full]';
       const [vm, ...extra] = rest;
       refuseExtra(extra, usage);
       validateName('VM', requireArg(vm, 'VM', usage));
@@ -53,6 +53,10 @@ export async function snapshotCommands(context: CliContext, command: string | un
       if (timeoutText !== undefined && !/^\d+(\.\d+)?$/.test(timeoutText)) throw new ForksnapError('INVALID_INPUT', `--shutdown-timeout must be a number of seconds, not "${timeoutText}"`, {});
       const bandwidthText = values['max-bandwidth'] as string | undefined;
       if (bandwidthText !== undefined && !/^\d+(\.\d+)?$/.test(bandwidthText)) throw new ForksnapError('INVALID_INPUT', `--max-bandwidth must be a number of MiB/s, not "${bandwidthText}"`, {});
+      const pushText = values['background-push'] as string | undefined;
+      if (pushText !== undefined && !/^(on|off|\d+(\.\d+)?)$/.test(pushText)) throw new ForksnapError('INVALID_INPUT', `--background-push must be on, off or a rate in MiB/s, not "${pushText}"`, {});
+      if (pushText !== undefined && strategy !== 'fork-postcopy') throw new ForksnapError('INVALID_INPUT', '--background-push is for --strategy fork-postcopy only', { strategy });
+      const backgroundPush = pushText === undefined || pushText === 'off' ? 'off' : pushText === 'on' ? 'on' : Math.max(65_536, Math.round(Number(pushText) * 1048576));
       const reserveText = values['space-reserve'] as string | undefined;
       if (reserveText !== undefined && !/^\d+$/.test(reserveText)) throw new ForksnapError('INVALID_INPUT', `--space-reserve must be a whole number of MiB, not "${reserveText}"`, {});
       const name = values.name as string | undefined;
@@ -72,6 +76,7 @@ export async function snapshotCommands(context: CliContext, command: string | un
           requireClean: values['require-clean'] === true,
           verify: values.verify === true,
           storage: parseStorage(values),
+          backgroundPush,
           ...(reserveText !== undefined ? { spaceReserveMiB: Number(reserveText) } : {}),
         }, renderer.onEvent);
         renderer.stop();

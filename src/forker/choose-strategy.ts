@@ -1,11 +1,11 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { ForksnapError, isForksnapError } from '../errors.js';
 import type { QmpClient } from '../qmp/client.js';
 import { availableCapabilities } from './migration-config.js';
 import { sandboxRefusesFork } from '../qemu/sandbox-policy.js';
-import { backgroundSnapshotStrategy, forkStrategy } from './halt-then-migrate.js';
+import { backgroundSnapshotStrategy, forkPostcopyStrategy, forkStrategy } from './halt-then-migrate.js';
 import { precopyStrategy } from './precopy.js';
-import { STRATEGY_NAMES, type CaptureStrategy, type StrategyName } from './strategy.js';
+import { AUTO_ORDER, type BackgroundPush, type CaptureStrategy, type StrategyName } from './strategy.js';
 
 /**
  * Which strategies this QEMU (binary and host kernel) supports. A capability being listed is not
@@ -57,6 +57,14 @@ export async function supportedStrategies(qmp: QmpClient, signal?: AbortSignal, 
     supported.splice(supported.indexOf('fork'), 1);
     reasons.fork = sandboxed;
   }
+  // fork-postcopy: fork, the patch's x-fork-postcopy (10.0 series), and a child that may have userfaultfd.
+  if (!supported.includes('fork')) reasons['fork-postcopy'] = `it needs the fork strategy: ${reasons.fork ?? 'unsupported'}`;
+  else if (!caps.has('x-fork-postcopy')) reasons['fork-postcopy'] = 'this QEMU has no "x-fork-postcopy" migration capability (forksnap\'s QEMU 10.0 build has it: `scripts/build-qemu.sh 10.0`)';
+  else {
+    const noUffd = parentPid ? await childLacksUserfaultfd(parentPid) : undefined;
+    if (noUffd) reasons['fork-postcopy'] = noUffd;
+    else supported.push('fork-postcopy');
+  }
   await probe('background-snapshot', 'background-snapshot');
   if (reasons['background-snapshot'] && /not supported by host kernel/i.test(reasons['background-snapshot']) && parentPid) {
     reasons['background-snapshot'] += await userfaultfdHint(parentPid);
@@ -81,10 +89,35 @@ async function userfaultfdHint(pid: number): Promise<string> {
   return ` (this QEMU runs as uid ${uid}, and the host has vm.unprivileged_userfaultfd=0: an unprivileged QEMU gets no userfaultfd; \`sysctl vm.unprivileged_userfaultfd=1\` enables it, or use fork)`;
 }
 
-export function strategyByName(name: StrategyName): CaptureStrategy {
+/**
+ * The child of a fork-postcopy capture is a postcopy destination: its QEMU (the parent's
+ * identity) needs userfaultfd, including faults taken inside the kernel (QEMU's own reads of
+ * guest RAM), which an unprivileged process only gets with vm.unprivileged_userfaultfd=1 or
+ * read/write access to /dev/userfaultfd (QEMU >= 8.1 tries it first).
+ */
+async function childLacksUserfaultfd(pid: number): Promise<string | undefined> {
+  const [status, sysctl, device] = await Promise.all([
+    readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''),
+    readFile('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').catch(() => ''),
+    stat('/dev/userfaultfd').catch(() => undefined),
+  ]);
+  const uid = Number(status.match(/^Uid:\s*(\d+)/m)?.[1] ?? 0);
+  if (uid === 0 || sysctl.trim() === '1') return undefined;
+  if (device && ((device.mode & 0o006) === 0o006 || (device.uid === uid && (device.mode & 0o600) === 0o600))) return undefined;
+  return `the child QEMU would run as uid ${uid}, which gets no userfaultfd for postcopy here (vm.unprivileged_userfaultfd=0 and no read/write access to /dev/userfaultfd); \`sysctl vm.unprivileged_userfaultfd=1\` enables it, or use fork`;
+}
+
+export interface StrategyOptions {
+  /** fork-postcopy: what is pushed besides the requested pages (default 'off'). */
+  readonly backgroundPush?: BackgroundPush;
+}
+
+export function strategyByName(name: StrategyName, options: StrategyOptions = {}): CaptureStrategy {
   switch (name) {
     case 'fork':
       return forkStrategy;
+    case 'fork-postcopy':
+      return forkPostcopyStrategy(options.backgroundPush ?? 'off');
     case 'background-snapshot':
       return backgroundSnapshotStrategy;
     case 'precopy':
@@ -92,16 +125,16 @@ export function strategyByName(name: StrategyName): CaptureStrategy {
   }
 }
 
-/** The requested strategy if supported, else the best supported one. */
-export async function chooseStrategy(qmp: QmpClient, requested: StrategyName | 'auto', signal?: AbortSignal, parentPid?: number): Promise<{ strategy: CaptureStrategy; supported: StrategyName[] }> {
+/** The requested strategy if supported, else the best supported one (AUTO_ORDER). */
+export async function chooseStrategy(qmp: QmpClient, requested: StrategyName | 'auto', signal?: AbortSignal, parentPid?: number, options: StrategyOptions = {}): Promise<{ strategy: CaptureStrategy; supported: StrategyName[] }> {
   const { supported, reasons } = await supportedStrategies(qmp, signal, parentPid);
   if (requested !== 'auto') {
     if (!supported.includes(requested)) {
       throw new ForksnapError('STRATEGY_UNSUPPORTED', `strategy ${requested} is not available for this VM: ${reasons[requested] ?? 'unsupported'}; available: ${supported.join(', ') || 'none'}`, { requested, supported, reasons });
     }
-    return { strategy: strategyByName(requested), supported };
+    return { strategy: strategyByName(requested, options), supported };
   }
-  const best = STRATEGY_NAMES.find((name) => supported.includes(name));
+  const best = AUTO_ORDER.find((name) => supported.includes(name));
   if (!best) throw new ForksnapError('STRATEGY_UNSUPPORTED', `no capture strategy is available: ${JSON.stringify(reasons)}`, { reasons });
-  return { strategy: strategyByName(best), supported };
+  return { strategy: strategyByName(best, options), supported };
 }

@@ -8,8 +8,9 @@ import type { QmpEvent } from '../qmp/events.js';
 import { roundMs } from '../util/round-ms.js';
 import { downtimeParts, wallNowMs, type DowntimeMarks } from './downtime-parts.js';
 import type { PhaseTools } from './capture-phases.js';
-import type { CaptureContext, CaptureResult, CaptureStrategy, StrategyName } from './strategy.js';
-import { waitForIncomingComplete, waitForMigrationStatus } from './wait-for-migration.js';
+import { ParentPostcopyTail } from './postcopy-tail.js';
+import { FORKING_STRATEGIES, type BackgroundPush, type CaptureContext, type CaptureResult, type CaptureStrategy, type StrategyName } from './strategy.js';
+import { waitForIncomingComplete, waitForMigrationStatus, waitForPostcopyDestination } from './wait-for-migration.js';
 import { resumeAtSnapshotPoint, waitForSnapshotPoint } from './wait-for-snapshot-point.js';
 
 /**
@@ -21,10 +22,15 @@ import { resumeAtSnapshotPoint, waitForSnapshotPoint } from './wait-for-snapshot
  * found (forksnap's patch series, background-snapshot from 9.0) leave it paused and say when the
  * snapshot point is taken, and forksnap resumes it then (wait-for-snapshot-point.ts).
  */
-export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background-snapshot'>, capability: string, options: { usesWriteProtection: boolean }): CaptureStrategy {
+export function haltThenMigrate(
+  name: Extract<StrategyName, 'fork' | 'fork-postcopy' | 'background-snapshot'>,
+  capabilities: Record<string, boolean>,
+  options: { usesWriteProtection: boolean; postcopy?: { parameters: Record<string, unknown>; childCapabilities: Record<string, boolean> } },
+): CaptureStrategy {
   return {
     name,
-    capabilities: { [capability]: true },
+    capabilities,
+    ...(options.postcopy ? { parameters: options.postcopy.parameters, childCapabilities: options.postcopy.childCapabilities } : {}),
     async run(context: CaptureContext): Promise<CaptureResult> {
       const { parent, phases, timeouts } = context;
       // Registered before `stop`: QEMU's RESUME (sent once copy-on-write is armed) can arrive
@@ -52,7 +58,7 @@ export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background
     return phases.run('capture', timeouts.captureMs, async ({ signal, progress }) => {
       const attempt = async (strategy: StrategyName, usesWriteProtection: boolean, child: { child: QmpClient; childProcess: QemuChildProcess }) => {
         try {
-          return await migrate(context, runState, child, strategy, stop, marks, signal, progress);
+          return await migrate(context, runState, child, strategy, stop, marks, signal, progress, strategy === name && options.postcopy !== undefined);
         } catch (error) {
           // A broken channel leaves write-protection armed before QEMU 8.1 and the parent hung:
           // release it before anyone tries to talk to the parent again.
@@ -67,7 +73,7 @@ export function haltThenMigrate(name: Extract<StrategyName, 'fork' | 'background
         return await attempt(name, options.usesWriteProtection, { child: context.child, childProcess: context.childProcess });
       } catch (error) {
         const reason = forkRefused(error);
-        if (name !== 'fork' || !reason) throw error;
+        if (!FORKING_STRATEGIES.includes(name) || !reason) throw error;
         const replacement = await context.fallBackToBackgroundSnapshot(reason, signal);
         return attempt('background-snapshot', true, replacement);
       }
@@ -85,6 +91,7 @@ async function migrate(
   marks: DowntimeMarks,
   signal: AbortSignal,
   progress: PhaseTools['progress'],
+  postcopy: boolean,
 ): Promise<CaptureResult> {
   const { parent } = context;
   context.willMigrate();
@@ -106,7 +113,7 @@ async function migrate(
         await resumeAtSnapshotPoint(parent, watchSignal, {
           // The ordering round trip is for background-snapshot (a bottom half of QEMU's may still
           // restore the run state); forksnap's fork patches restore it before the point is visible.
-          orderingRoundTrip: strategy !== 'fork',
+          orderingRoundTrip: !FORKING_STRATEGIES.includes(strategy),
           beforeCont: () => {
             marks.contSentAt = wallNowMs();
           },
@@ -121,9 +128,22 @@ async function migrate(
   const parts = downtimeParts(stop.timestampMs, resume.timestampMs, marks);
   context.parentResumed(downtimeMs, parts);
   progress({ message: `parent resumed after ${downtimeMs} ms` });
+  const captured = { strategy, haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, ...(parts ? { downtimeParts: parts } : {}) };
+  if (postcopy) {
+    // The child runs on the device state; its RAM follows on demand from the snapshot process.
+    const tail = new ParentPostcopyTail(parent, childProcess, context.log);
+    try {
+      await Promise.race([waitForPostcopyDestination(child, childProcess, signal), tail.failed]);
+    } catch (error) {
+      tail.close();
+      throw error;
+    }
+    progress({ message: 'the child has the device state; its RAM follows on demand' });
+    return { ...captured, stateCompleteAtMs: Date.now(), postcopy: tail };
+  }
   await waitForMigrationStatus(parent, childProcess, (status) => status === 'completed', { signal, onProgress: (transfer) => progress(transfer) });
   await waitForIncomingComplete(child, childProcess, signal);
-  return { strategy, haltedAtMs: stop.timestampMs, resumedAtMs: resume.timestampMs, downtimeMs, ...(parts ? { downtimeParts: parts } : {}), stateCompleteAtMs: Date.now() };
+  return { ...captured, stateCompleteAtMs: Date.now() };
 }
 
 /**
@@ -151,5 +171,17 @@ export async function haltParent(parent: QmpClient, signal: AbortSignal, listene
   }
 }
 
-export const backgroundSnapshotStrategy = haltThenMigrate('background-snapshot', 'background-snapshot', { usesWriteProtection: true });
-export const forkStrategy = haltThenMigrate('fork', 'x-fork-snapshot', { usesWriteProtection: false });
+export const backgroundSnapshotStrategy = haltThenMigrate('background-snapshot', { 'background-snapshot': true }, { usesWriteProtection: true });
+export const forkStrategy = haltThenMigrate('fork', { 'x-fork-snapshot': true }, { usesWriteProtection: false });
+
+/**
+ * fork-postcopy (forksnap's 10.0 patch 0004): the forked snapshot process sends the device state
+ * first and then serves the child as a postcopy source; the child (postcopy-ram, userfaultfd) runs
+ * its shutdown at once and faults its RAM in. `push` decides what else is sent (strategy.ts).
+ */
+export function forkPostcopyStrategy(push: BackgroundPush = 'off'): CaptureStrategy {
+  return haltThenMigrate('fork-postcopy', { 'x-fork-snapshot': true, 'x-fork-postcopy': true, 'x-fork-postcopy-push': push !== 'off' }, {
+    usesWriteProtection: false,
+    postcopy: { parameters: { 'max-postcopy-bandwidth': typeof push === 'number' ? push : 0 }, childCapabilities: { 'postcopy-ram': true } },
+  });
+}

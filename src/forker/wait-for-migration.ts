@@ -1,3 +1,4 @@
+import type { z } from 'zod';
 import { ForksnapError } from '../errors.js';
 import type { QemuChildProcess } from '../qemu/child-process.js';
 import type { QmpClient } from '../qmp/client.js';
@@ -79,6 +80,33 @@ export async function waitForIncomingComplete(child: QmpClient, childProcess: Qe
       throw new ForksnapError('CAPTURE_FAILED', `the child could not load the state: ${info['error-desc'] ?? info.status}`, { migrationStatus: info.status });
     }
     await sleep(50, signal);
+  }
+}
+
+/**
+ * fork-postcopy: wait until the child has loaded the device state and is ready to run (its
+ * migration is postcopy-active and its run state has left `inmigrate`: paused, as it was started
+ * with -S). Its RAM is not there yet: it faults it in from the parent's snapshot process.
+ */
+export async function waitForPostcopyDestination(child: QmpClient, childProcess: QemuChildProcess, signal: AbortSignal): Promise<void> {
+  for (;;) {
+    if (signal.aborted) throw signal.reason;
+    if (childProcess.exit) {
+      throw new ForksnapError('CAPTURE_FAILED', `the child QEMU exited while loading the device state (${childProcess.exit.exitCode ?? childProcess.exit.signal}): ${childProcess.outputTail.slice(-800)}`, { childExit: childProcess.exit });
+    }
+    const ask = <T>(command: string, schema: z.ZodType<T>) => child.execute(command, undefined, { signal, schema }).catch((error: unknown) => {
+      if (signal.aborted) throw signal.reason;
+      throw new ForksnapError('CAPTURE_FAILED', `the child QEMU stopped answering while loading the device state: ${(error as Error).message}. Child output: ${childProcess.outputTail.slice(-800)}`, {}, { cause: error });
+    });
+    const info = await ask('query-migrate', migrationInfo);
+    if (info.status && TERMINAL_FAILURES.has(info.status)) {
+      throw new ForksnapError('CAPTURE_FAILED', `the child could not load the state: ${info['error-desc'] ?? info.status}`, { migrationStatus: info.status });
+    }
+    if (info.status === 'postcopy-active' || info.status === 'completed') {
+      const status = await ask('query-status', statusInfo);
+      if (status.status !== 'inmigrate') return;
+    }
+    await sleep(5, signal);
   }
 }
 

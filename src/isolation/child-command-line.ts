@@ -39,12 +39,13 @@ const DROPPED = new Set([
 export const CHILD_QMP_CHARDEV = 'forksnap-qmp';
 
 /**
+ * `capabilities`: migration capabilities the child needs as a destination (-global migration.x-NAME).
  * `incoming`: where the child listens for the state. By default `-incoming defer` (forksnap issues
  * migrate-incoming after checking the child); a parent with -chroot gets its URI on the command
  * line instead, since QEMU opens it before it chroots (a path given later would be resolved inside
  * the chroot).
  */
-export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<string, ChildDisk>, qmpSocket: string, settings: { incoming?: string } = {}): string[] {
+export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<string, ChildDisk>, qmpSocket: string, settings: { incoming?: string; capabilities?: Record<string, boolean> } = {}): string[] {
   const { commandLine, cwd } = inventory;
   const disksByFile = new Map(inventory.disks.map((disk) => [disk.file, disk]));
   const replacedNodes = blockdevChainsToReplace(commandLine.options, inventory.disks);
@@ -166,6 +167,9 @@ export function buildChildArgv(inventory: VmInventory, childDisks: ReadonlyMap<s
     { name: 'no-reboot' },
     { name: 'S' },
     { name: 'incoming', value: settings.incoming ?? 'defer' },
+    // Incoming migration capabilities (fork-postcopy: postcopy-ram), set before QEMU listens, with
+    // -incoming defer or a URI alike: the migration object's x-<capability> properties.
+    ...Object.entries(settings.capabilities ?? {}).map(([capability, state]) => ({ name: 'global', value: `migration.x-${capability}=${state ? 'on' : 'off'}` })),
   );
   refuseInheritedDescriptors(options);
   return formatArgv({ binary: inventory.exe, options });

@@ -23,7 +23,7 @@ export interface ShutdownOutcome {
 export async function driveShutdown(
   child: QmpClient,
   childProcess: QemuChildProcess,
-  options: { timeoutMs: number; graceMs?: number; signal: AbortSignal; log: Logger; onProgress?: (message: string) => void },
+  options: { timeoutMs: number; graceMs?: number; signal: AbortSignal; log: Logger; onProgress?: (message: string) => void; onRunning?: () => void },
 ): Promise<ShutdownOutcome> {
   const { signal, log } = options;
   const graceMs = options.graceMs ?? Math.min(30_000, Math.max(2_000, options.timeoutMs / 4));
@@ -40,7 +40,7 @@ async function pressAndWait(
   child: QmpClient,
   childProcess: QemuChildProcess,
   guestShutdown: Promise<QmpEvent>,
-  options: { timeoutMs: number; graceMs: number; signal: AbortSignal; log: Logger; onProgress?: (message: string) => void },
+  options: { timeoutMs: number; graceMs: number; signal: AbortSignal; log: Logger; onProgress?: (message: string) => void; onRunning?: () => void },
 ): Promise<ShutdownOutcome> {
   const { signal, log, graceMs } = options;
   const shutdownEvent = guestShutdown.then(
@@ -57,6 +57,7 @@ async function pressAndWait(
 
   const started = Date.now();
   await child.execute('cont', undefined, { signal });
+  options.onRunning?.();
   await child.execute('system_powerdown', undefined, { signal });
   let presses = 1;
   options.onProgress?.('power button pressed');

@@ -40,6 +40,12 @@ export const jobRequestSchema = z.strictObject({
    * src/snapshot/incremental.ts) or 'full' (self-contained, --full).
    */
   storage: z.enum(['full', 'incremental']).default('incremental'),
+  /**
+   * fork-postcopy only: what the snapshot process sends besides the pages the child asks for:
+   * 'off' (the default: the child holds only what its shutdown touched), 'on' (everything, as fast
+   * as it goes) or a rate in bytes/s.
+   */
+  backgroundPush: z.union([z.enum(['on', 'off']), z.number().int().min(65_536)]).default('off'),
 });
 export type JobRequest = z.infer<typeof jobRequestSchema>;
 

@@ -80,6 +80,7 @@ export async function runJob(options: RunJobOptions): Promise<SnapshotResult> {
         storage: request.storage,
         labels: request.labels,
         maxBandwidth: request.maxBandwidth,
+        backgroundPush: request.backgroundPush,
         spaceReserveMiB: request.spaceReserveMiB,
         timeouts: request.shutdownTimeoutSeconds !== undefined ? { shutdownMs: request.shutdownTimeoutSeconds * 1000 } : {},
         paths,

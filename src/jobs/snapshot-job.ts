@@ -68,7 +68,7 @@ export async function runSnapshotJob(options: SnapshotJobOptions): Promise<Snaps
     const prepared = await prepare(context, pre);
     events.emit({ type: 'job-started', vm: options.vm, strategy: pre.strategy.name, diskBackends: Object.fromEntries(prepared.snapshots.map((s) => [s.disk.id, s.backend])) });
     const captured = await capture(context, pre, prepared);
-    await isolateAndShutdown(context, prepared);
+    await isolateAndShutdown(context, prepared, captured);
     const materialised = await materialise(context, pre, prepared);
     await finish(context, prepared);
     meta = await commitSnapshot(context, pre, captured, materialised);

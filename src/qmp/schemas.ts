@@ -61,6 +61,9 @@ export const migrationRamStats = z.object({
   'normal-bytes': z.number().optional(),
   'dirty-pages-rate': z.number().optional(),
   mbps: z.number().optional(),
+  'postcopy-requests': z.number().optional(),
+  duplicate: z.number().optional(),
+  'page-size': z.number().optional(),
 });
 
 export const migrationInfo = z.object({

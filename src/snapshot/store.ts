@@ -86,6 +86,17 @@ export const snapshotMetaSchema = z.object({
     collapse: z.object({ beforeBytes: z.number(), afterBytes: z.number(), ms: z.number(), failedBytes: z.number() }).optional(),
   }).optional(),
   timeToStateMs: z.number(),
+  /** From the halt to the child's first instruction (its `cont`, after the isolation). */
+  timeToChildRunMs: z.number().optional(),
+  /** fork-postcopy: what the parent's snapshot process served the child (src/forker/postcopy-tail.ts). */
+  postcopy: z.object({
+    requests: z.number(),
+    transferredBytes: z.number(),
+    unsentBytes: z.number(),
+    totalBytes: z.number(),
+    ended: z.string().optional(),
+    backgroundPush: z.union([z.enum(['on', 'off']), z.number()]),
+  }).optional(),
   timeToImageMs: z.number(),
   phasesMs: z.record(z.string(), z.number()),
   disks: z.array(z.object({

@@ -1,7 +1,7 @@
 import { rm, writeFile } from 'node:fs/promises';
 import { errorMessage } from '../../errors.js';
 import { backgroundSnapshotStrategy } from '../../forker/halt-then-migrate.js';
-import type { CaptureResult } from '../../forker/strategy.js';
+import type { CaptureResult, PostcopyStats } from '../../forker/strategy.js';
 import { ensureParentRunning, type ParentOutcome } from '../ensure-parent-running.js';
 import { ParentRunWatch } from '../parent-run-watch.js';
 import { memoryStatus } from '../../qemu/process-info.js';
@@ -21,7 +21,13 @@ import type { Prepared } from './prepare.js';
  *   frozen images open, is stopped before that). One registration each, no re-push;
  * - the user's migration settings are put back as soon as the capture is over.
  */
-export async function capture(context: JobContext, pre: Preflight, prepared: Prepared): Promise<CaptureResult> {
+/** The capture as the job holds it: fork-postcopy adds how to end the snapshot process after the shutdown. */
+export interface JobCapture extends CaptureResult {
+  /** fork-postcopy: once the child is gone, end the parent's snapshot process, then hand the migration back (settings restored). */
+  readonly endPostcopy?: (signal: AbortSignal) => Promise<PostcopyStats>;
+}
+
+export async function capture(context: JobContext, pre: Preflight, prepared: Prepared): Promise<JobCapture> {
   const { undo, log, events, options, outcome } = context;
   const journal = journalOf(context);
   const { slot, snapshots, migrationSettings } = prepared;
@@ -85,6 +91,22 @@ export async function capture(context: JobContext, pre: Preflight, prepared: Pre
   });
   outcome.strategy = result.strategy;
   outcome.haltedAtMs = result.haltedAtMs;
+  const tail = result.postcopy;
+  if (tail) {
+    // The parent runs (the strategy saw its RESUME); its snapshot process serves the child's RAM
+    // until the shutdown is over, and stays forksnap's migration until then: a failure from here
+    // on cancels it (the undo that resumes the parent), which also ends the child's page supply.
+    await journal.update(() => ({ halted: false }));
+    undo.push('stop watching the snapshot process', () => tail.close());
+    const endPostcopy = async (signal: AbortSignal): Promise<PostcopyStats> => {
+      const stats = await tail.end(signal);
+      await journal.update(() => ({ migrationStarted: false }));
+      watch.migrationOver();
+      await migrationSettings.restore().catch((error: unknown) => log.warn({ err: errorMessage(error) }, 'the parent\'s migration settings could not be put back yet; the clean-up retries'));
+      return stats;
+    };
+    return { ...result, endPostcopy };
+  }
   // The strategy saw the parent resume; make sure (and journal it), then nothing of the migration
   // is ours any more: a later failure must not cancel a migration someone else starts.
   await resumeParent();

@@ -38,6 +38,8 @@ export async function commitSnapshot(context: JobContext, pre: Preflight, captur
     ...(outcome.downtimeParts ? { parentDowntimeParts: outcome.downtimeParts } : {}),
     ...(outcome.parentMemory ? { parentMemory: outcome.parentMemory } : {}),
     timeToStateMs: Math.round(captured.stateCompleteAtMs - captured.haltedAtMs),
+    ...(outcome.childRunsAtMs !== undefined ? { timeToChildRunMs: Math.round(outcome.childRunsAtMs - captured.haltedAtMs) } : {}),
+    ...(outcome.postcopy ? { postcopy: outcome.postcopy } : {}),
     timeToImageMs: Math.round(materialised.imageReadyAt - captured.haltedAtMs),
     phasesMs: context.phases.durations as Record<string, number>,
     disks: materialised.disks,

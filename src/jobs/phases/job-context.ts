@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { DowntimeParts } from '../../forker/downtime-parts.js';
 import type { Paths } from '../../config.js';
 import type { ForksnapError } from '../../errors.js';
-import type { StrategyName } from '../../forker/strategy.js';
+import type { BackgroundPush, PostcopyStats, StrategyName } from '../../forker/strategy.js';
 import type { Consistency } from '../../isolation/drive-shutdown.js';
 import type { DiskBackendName } from '../../snapshot/disk-backend.js';
 import type { UndoStack } from '../../util/undo-stack.js';
@@ -57,6 +57,8 @@ export interface SnapshotJobOptions {
   readonly labels?: Record<string, string>;
   /** Migration bandwidth cap in bytes/s, to limit the capture's load on the host (default: unlimited). */
   readonly maxBandwidth?: number | undefined;
+  /** fork-postcopy: what is pushed besides the pages the child asks for (default 'off'). */
+  readonly backgroundPush?: BackgroundPush | undefined;
   /** Free space (MiB) the fleecing / clone filesystem keeps while a view lives; below it the snapshot is broken (NO_SPACE), never the guest's write. Default FORKSNAP_SPACE_RESERVE_MIB or 512. */
   readonly spaceReserveMiB?: number | undefined;
   readonly timeouts?: Partial<SnapshotJobTimeouts>;
@@ -76,6 +78,10 @@ export interface JobOutcome {
   /** The parent's page tables (VmPTE) and resident memory just before the halt: fork() copies the page tables. */
   parentMemory?: { vmPteBytes?: number; vmRssBytes?: number; anonHugeBytes?: number; collapse?: { beforeBytes: number; afterBytes: number; ms: number; failedBytes: number } };
   haltedAtMs?: number;
+  /** fork-postcopy: what the snapshot process served, and how it ended. */
+  postcopy?: PostcopyStats & { backgroundPush: BackgroundPush };
+  /** When the child ran its first instruction (`cont`), host clock ms. */
+  childRunsAtMs?: number;
   consistency?: Consistency;
   consistencyReason?: string;
   snapshotId?: string;

@@ -78,7 +78,7 @@ export async function preflight(context: JobContext): Promise<Preflight> {
     const staleMarker = path.join(vmDir(paths, vm), 'write-tracking-stale');
     const stale = await access(staleMarker).then(() => true, () => false);
     const requested = options.strategy ?? 'auto';
-    const { strategy } = await chooseStrategy(parent, stale && requested === 'auto' ? 'background-snapshot' : requested, signal, record.pid);
+    const { strategy } = await chooseStrategy(parent, stale && requested === 'auto' ? 'background-snapshot' : requested, signal, record.pid, { backgroundPush: options.backgroundPush ?? 'off' });
     if (stale && strategy.name !== 'background-snapshot') {
       throw new ForksnapError('STRATEGY_UNSUPPORTED', `VM "${vm}": a failed background snapshot left QEMU 7.2's write-tracking flag set on the guest RAM (an upstream bug), so a ${strategy.name} capture would send a corrupt stream; take a background-snapshot (it resets the flag) or restart the VM`, { vm, strategy: strategy.name });
     }

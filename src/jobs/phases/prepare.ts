@@ -3,6 +3,7 @@ import path from 'node:path';
 import { workRoot } from '../../config.js';
 import { ForksnapError } from '../../errors.js';
 import { FAST_BANDWIDTH } from '../../forker/migration-config.js';
+import { FORKING_STRATEGIES } from '../../forker/strategy.js';
 import { processIdentity as pidIdentity } from '../../qemu/process-info.js';
 import { collapseGuestRam, type CollapseReport } from '../../qemu/collapse-guest-ram.js';
 import { buildChildArgv, type ChildDisk } from '../../isolation/child-command-line.js';
@@ -96,7 +97,7 @@ export async function prepare(context: JobContext, pre: Preflight): Promise<Prep
     const credentials = await childCredentials(pre.inventory.pid, pre.inventory.commandLine);
     await grantTo(credentials, workDir, ...snapshots.map((snapshot) => snapshot.child.path));
     const chrooted = pre.inventory.commandLine.options.some((option) => option.name === 'chroot');
-    const argv = buildChildArgv(pre.inventory, childDisks, childQmpSocket, chrooted ? { incoming: migrationUri } : {});
+    const argv = buildChildArgv(pre.inventory, childDisks, childQmpSocket, { ...(chrooted ? { incoming: migrationUri } : {}), ...(pre.strategy.childCapabilities ? { capabilities: pre.strategy.childCapabilities } : {}) });
     const slot = new ChildSlot(argvAs(argv, credentials), childQmpSocket, migrationUri, log.child({ role: 'child' }), (pid) =>
       /* pid AND start time: recovery never signals a process that merely reuses the pid */ pidIdentity(pid).then(
         (child) => journal.update(() => ({ childPid: pid, childArgv0: pre.inventory.exe, child })),
@@ -107,12 +108,12 @@ export async function prepare(context: JobContext, pre: Preflight): Promise<Prep
     undo.push('stop the child QEMU', () => slot.stop());
     await slot.start(pre.parent, signal, { verify: true });
 
-    const migrationSettings = new ParentMigrationSettings(pre.parent, { 'max-bandwidth': options.maxBandwidth ?? FAST_BANDWIDTH }, log, (original) => journal.update(() => ({ migrationSettings: original })));
+    const migrationSettings = new ParentMigrationSettings(pre.parent, { 'max-bandwidth': options.maxBandwidth ?? FAST_BANDWIDTH, ...pre.strategy.parameters }, log, (original) => journal.update(() => ({ migrationSettings: original })));
     undo.push('restore parent migration settings', () => migrationSettings.restore());
     await migrationSettings.apply(pre.strategy.capabilities, signal);
     // Last before the halt: fork() copies the page tables, so guest RAM an earlier snapshot split
     // into 4 KiB pages is collapsed back into huge pages now, while the guest runs.
-    const hugePages = pre.strategy.name === 'fork' ? await collapseGuestRam(pre.inventory.pid, phaseLog, signal) : undefined;
+    const hugePages = FORKING_STRATEGIES.includes(pre.strategy.name) ? await collapseGuestRam(pre.inventory.pid, phaseLog, signal) : undefined;
     return { workDir, migrationUri, snapshots, slot, migrationSettings, ...(hugePages ? { hugePages } : {}) };
   });
 }

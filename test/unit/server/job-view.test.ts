@@ -8,7 +8,7 @@ describe('presentJob', () => {
   it('gives a succeeded job\'s snapshot absolute image paths where the store is now, even for a record persisted without them', () => {
     const paths = resolvePaths({ stateDir: '/srv/forksnap-state' });
     const record = jobRecordSchema.parse({
-      ...newJobRecord('j1', { vm: 'db1', strategy: 'auto', diskBackend: 'auto', keepCrashImage: false, labels: {}, requireClean: false, verify: false, storage: 'full' }, 'api'),
+      ...newJobRecord('j1', { vm: 'db1', strategy: 'auto', diskBackend: 'auto', keepCrashImage: false, labels: {}, requireClean: false, verify: false, storage: 'full', backgroundPush: 'off' }, 'api'),
       status: 'succeeded',
       snapshot: {
         version: 1, id: 'db1-1', vm: 'db1', createdAt: '2026-12-01T00:00:00.000Z', strategy: 'fork', consistency: 'clean', consistencyReason: 'r',
