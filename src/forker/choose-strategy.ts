@@ -59,7 +59,7 @@ export async function supportedStrategies(qmp: QmpClient, signal?: AbortSignal, 
   }
   // fork-postcopy: fork, the patch's x-fork-postcopy (10.0 series), and a child that may have userfaultfd.
   if (!supported.includes('fork')) reasons['fork-postcopy'] = `it needs the fork strategy: ${reasons.fork ?? 'unsupported'}`;
-  else if (!caps.has('x-fork-postcopy')) reasons['fork-postcopy'] = 'this QEMU has no "x-fork-postcopy" migration capability (forksnap\'s QEMU 10.0 build has it: `scripts/build-qemu.sh 10.0`)';
+  else if (!caps.has('x-fork-postcopy')) reasons['fork-postcopy'] = 'this QEMU has no "x-fork-postcopy" migration capability (forksnap\'s builds from patch 0004 on have it: `scripts/build-qemu.sh 7.2|10.0`)';
   else {
     const noUffd = parentPid ? await childLacksUserfaultfd(parentPid) : undefined;
     if (noUffd) reasons['fork-postcopy'] = noUffd;

@@ -294,6 +294,15 @@ export function defineForkSuite({ label, qemuBinary: patched }: ForkSuiteOptions
       expect(streamer!.oomScoreAdj).toBe('1000');
     });
 
+    it('spawn=deny: a fork-postcopy snapshot is clean too (its return-path thread and the child\'s userfaultfd pass the filter)', async () => {
+      const cli = await runCli(['snapshot', 'create', 'boxed', '--json', '--strategy', 'fork-postcopy', '--name', 'boxed-postcopy'], guest.state);
+      expect(cli.exitCode, cli.stderr).toBe(0);
+      expect(resultOf(cli)).toMatchObject({ strategy: 'fork-postcopy', consistency: 'clean' });
+      expect(resultOf(cli).postcopy.requests).toBeGreaterThan(0);
+      expect((await vmStatus(guest.qmpSocket)).status).toBe('running');
+      expect(await forkedStreamers(guest.pid)).toEqual([]);
+    });
+
     it('spawn=deny still denies exec: `migrate exec:` fails with EPERM and the VM lives', async () => {
       const error = await withQmp(guest.qmpSocket, (qmp) => qmp.execute('migrate', { uri: 'exec:cat >/dev/null' })).then(() => undefined, (e: Error) => e);
       const info = await withQmp(guest.qmpSocket, (qmp) => qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };

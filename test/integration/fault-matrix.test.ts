@@ -11,6 +11,7 @@ import { ControlChannel } from '../helpers/control-channel.js';
 import { CLI, runCli, toCliResult } from '../helpers/forksnap-cli.js';
 import { expectEveryTickOnParentDisk } from '../helpers/parent-writes.js';
 import { processesMentioning } from '../helpers/processes.js';
+import { patchedQemu } from '../helpers/qemu-builds.js';
 import { vmDiskFiles, vmStatus, withQmp } from '../helpers/qmp.js';
 import { useSharedGuest, type SharedGuest } from '../helpers/shared-guest.js';
 import { ensureXfsMount } from '../helpers/xfs.js';
@@ -398,4 +399,18 @@ describe('fork (patched QEMU): SIGKILL at the halt and mid-capture', () => {
   }
   it('SIGKILL while the parent is halted, right after `stop` (fork)', () =>
     killAtPhase(guest, baseline, 'fork', 'halt', { proxy: frozen, frozenAfter: /"execute":"stop"/, resumedBySupervisor: true, label: 'fork halted (after stop)' }));
+});
+
+describe('fork-postcopy (patched QEMU 10.0): SIGKILL while the snapshot process serves the child', () => {
+  const guest = useSharedGuest('faultpc', { diskFormat: 'qcow2', env: async () => ({ FORKSNAP_QEMU: await patchedQemu('10.0') }) });
+  let baseline: Baseline;
+  beforeAll(async () => {
+    baseline = await setUserMigrationSettings(guest.qmpSocket);
+  });
+  afterAll(() => console.log(`paused-after-kill fork-postcopy (ms): ${JSON.stringify(pausedAfterKill)}`));
+
+  // capture: the device state on its way; isolate and shutdown: the child runs on pages it faults in.
+  for (const phase of ['capture', 'isolate', 'shutdown'] as const) {
+    it(`SIGKILL at the start of ${phase} (fork-postcopy)`, () => killAtPhase(guest, baseline, 'fork-postcopy', phase));
+  }
 });

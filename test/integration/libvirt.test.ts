@@ -225,5 +225,11 @@ describe('libvirt domains', () => {
       expect(strategies.supported[0], JSON.stringify(strategies.reasons)).toBe('fork');
       await snapshotAndCheck(guest, state, 'lvfork', 'fork', 'lv-fork');
     });
+
+    it('fork-postcopy: the child (libvirt-qemu, with this file\'s vm.unprivileged_userfaultfd=1) faults its RAM in; clean', async () => {
+      const meta = await snapshotAndCheck(guest, state, 'lvfork', 'fork-postcopy', 'lv-postcopy');
+      expect(meta.postcopy.requests).toBeGreaterThan(0);
+      expect(meta.postcopy.unsentBytes).toBeGreaterThan(0);
+    });
   });
 });

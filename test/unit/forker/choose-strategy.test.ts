@@ -36,3 +36,39 @@ describe('choosing a strategy never files a cancel or a dropped connection under
     await expect(chooseStrategy(qmp, 'auto', AbortSignal.timeout(2000))).rejects.toMatchObject({ code: 'QMP_DISCONNECTED' });
   });
 });
+
+describe('fork-postcopy: offered where the QEMU has x-fork-postcopy and fork works', () => {
+  const caps = (withPostcopy: boolean) => ({
+    return: [
+      { capability: 'x-fork-snapshot', state: false },
+      ...(withPostcopy ? [{ capability: 'x-fork-postcopy', state: false }] : []),
+      { capability: 'background-snapshot', state: false },
+      { capability: 'pause-before-switchover', state: false },
+    ],
+  });
+
+  it('the 10.0 series: supported, asked for by name, with the background push it was given', async () => {
+    const { qmp } = await qmpWith({ 'query-migrate-capabilities': caps(true), 'migrate-set-capabilities': { return: {} } });
+    const { supported } = await supportedStrategies(qmp, AbortSignal.timeout(2000), process.pid);
+    expect(supported).toEqual(['fork', 'fork-postcopy', 'background-snapshot', 'precopy']);
+    const { strategy } = await chooseStrategy(qmp, 'fork-postcopy', AbortSignal.timeout(2000), process.pid, { backgroundPush: 8 * 1048576 });
+    expect(strategy.name).toBe('fork-postcopy');
+    expect(strategy.capabilities).toEqual({ 'x-fork-snapshot': true, 'x-fork-postcopy': true, 'x-fork-postcopy-push': true });
+    expect(strategy.parameters).toEqual({ 'max-postcopy-bandwidth': 8 * 1048576 });
+    expect(strategy.childCapabilities).toEqual({ 'postcopy-ram': true });
+    const off = await chooseStrategy(qmp, 'fork-postcopy', AbortSignal.timeout(2000), process.pid);
+    expect(off.strategy.capabilities['x-fork-postcopy-push']).toBe(false);
+  });
+
+  it('auto takes fork-postcopy where it is supported, fork where it is not', async () => {
+    const { qmp } = await qmpWith({ 'query-migrate-capabilities': caps(true), 'migrate-set-capabilities': { return: {} } });
+    expect((await chooseStrategy(qmp, 'auto', AbortSignal.timeout(2000), process.pid)).strategy.name).toBe('fork-postcopy');
+    const older = await qmpWith({ 'query-migrate-capabilities': caps(false), 'migrate-set-capabilities': { return: {} } });
+    expect((await chooseStrategy(older.qmp, 'auto', AbortSignal.timeout(2000), process.pid)).strategy.name).toBe('fork');
+  });
+
+  it('a QEMU without x-fork-postcopy (a build before patch 0004): refused by name with the reason', async () => {
+    const { qmp } = await qmpWith({ 'query-migrate-capabilities': caps(false), 'migrate-set-capabilities': { return: {} } });
+    await expect(chooseStrategy(qmp, 'fork-postcopy', AbortSignal.timeout(2000))).rejects.toMatchObject({ code: 'STRATEGY_UNSUPPORTED', message: expect.stringMatching(/no "x-fork-postcopy" migration capability/) });
+  });
+});

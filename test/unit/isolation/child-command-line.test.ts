@@ -51,6 +51,11 @@ describe('buildChildArgv: process, monitors and display', () => {
     expect(parseArgv(argv).options).toEqual([{ name: 'm', value: '512' }, ...TAIL]);
   });
 
+  it('fork-postcopy: the child\'s incoming capabilities come last, as -global migration.x-NAME', () => {
+    const argv = buildChildArgv(inventory(['-m', '512']), new Map(), QMP_SOCKET, { capabilities: { 'postcopy-ram': true } });
+    expect(parseArgv(argv).options).toEqual([{ name: 'm', value: '512' }, ...TAIL, { name: 'global', value: 'migration.x-postcopy-ram=on' }]);
+  });
+
   it('drops monitors, daemonizing, pid files, VNC/SPICE, displays and the parent -S/-incoming', () => {
     const options = childOptions([
       '-name', 'guest=vm1',
