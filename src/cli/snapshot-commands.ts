@@ -55,7 +55,8 @@ export async function snapshotCommands(context: CliContext, command: string | un
       if (bandwidthText !== undefined && !/^\d+(\.\d+)?$/.test(bandwidthText)) throw new ForksnapError('INVALID_INPUT', `--max-bandwidth must be a number of MiB/s, not "${bandwidthText}"`, {});
       const pushText = values['background-push'] as string | undefined;
       if (pushText !== undefined && !/^(on|off|\d+(\.\d+)?)$/.test(pushText)) throw new ForksnapError('INVALID_INPUT', `--background-push must be on, off or a rate in MiB/s, not "${pushText}"`, {});
-      if (pushText !== undefined && strategy !== 'fork-postcopy') throw new ForksnapError('INVALID_INPUT', '--background-push is for --strategy fork-postcopy only', { strategy });
+      // With auto it applies when auto picks fork-postcopy; another strategy by name never uses it.
+      if (pushText !== undefined && strategy !== 'fork-postcopy' && strategy !== 'auto') throw new ForksnapError('INVALID_INPUT', `--background-push is for --strategy fork-postcopy (or auto) only, not ${strategy}`, { strategy });
       const backgroundPush = pushText === undefined || pushText === 'off' ? 'off' : pushText === 'on' ? 'on' : Math.max(65_536, Math.round(Number(pushText) * 1048576));
       const reserveText = values['space-reserve'] as string | undefined;
       if (reserveText !== undefined && !/^\d+$/.test(reserveText)) throw new ForksnapError('INVALID_INPUT', `--space-reserve must be a whole number of MiB, not "${reserveText}"`, {});

@@ -139,7 +139,7 @@ export function definePostcopySuite({ label, qemuBinary }: { label: string; qemu
     it('refused by name where it cannot work: --background-push without fork-postcopy', async () => {
       const cli = await runCli(['snapshot', 'create', 'pcy', '--json', '--strategy', 'fork', '--background-push', 'on'], guest.state);
       expect(cli.exitCode).toBe(2);
-      expect(cli.stdout + cli.stderr).toMatch(/INVALID_INPUT.*--background-push is for --strategy fork-postcopy/);
+      expect(cli.stdout + cli.stderr).toMatch(/INVALID_INPUT.*--background-push is for --strategy fork-postcopy \(or auto\) only, not fork/);
       const bad = await runCli(['snapshot', 'create', 'pcy', '--json', '--strategy', 'fork-postcopy', '--background-push', 'fast'], guest.state);
       expect(bad.exitCode).toBe(2);
       expect(bad.stdout + bad.stderr).toMatch(/on, off or a rate in MiB\/s/);
