@@ -19,7 +19,7 @@ import { keepRootOnFailure } from './test-root.js';
 export interface DbSuiteOptions {
   readonly label: string;
   readonly qemuBinary: string;
-  readonly strategies: readonly ('fork' | 'background-snapshot' | 'precopy')[];
+  readonly strategies: readonly ('fork' | 'fork-postcopy' | 'background-snapshot' | 'precopy')[];
 }
 
 export function defineDbSuite({ label, qemuBinary: patched, strategies }: DbSuiteOptions): void {

@@ -72,7 +72,7 @@ describe('bad input is refused with a clear message and nothing changes', () => 
   });
 
   it.each([
-    [['snapshot', 'create', 'vm', '--strategy', 'teleport'], /--strategy must be one of auto, fork, background-snapshot, precopy/],
+    [['snapshot', 'create', 'vm', '--strategy', 'teleport'], /--strategy must be one of auto, fork, fork-postcopy, background-snapshot, precopy/],
     [['snapshot', 'create', 'vm', '--shutdown-timeout', 'soon'], /--shutdown-timeout must be a number/],
     [['snapshot', 'create', 'vm', '--label', 'no-equals'], /--label must be KEY=VALUE/],
     [['snapshot', 'create'], /missing VM/],

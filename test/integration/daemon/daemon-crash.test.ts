@@ -111,7 +111,7 @@ async function killDuring(phase: string, job: object): Promise<{ id: string; chi
 describe('forksnap daemon: killed and restarted mid-job', () => {
   it('recovers a job killed during capture', async () => {
     await start();
-    const { id, childPid } = await killDuring('capture', { vm: 'dc', maxBandwidth: 8 * 1024 * 1024 } /* ~90 MiB of RAM: a capture of ~11 s */);
+    const { id, childPid } = await killDuring('capture', { vm: 'dc', strategy: 'fork', maxBandwidth: 8 * 1024 * 1024 } /* ~90 MiB of RAM: a capture of ~11 s */);
     const daemon = await start();
     const record = (await api(daemon, 'GET', `/v1/jobs/${id}`)).body;
     expect(record).toMatchObject({ id, status: 'failed', error: { code: 'DAEMON_INTERRUPTED', phase: 'capture' } });
@@ -164,7 +164,7 @@ describe('forksnap daemon: killed and restarted mid-job', () => {
   it('cancels a running job through the API: it unwinds and ends cancelled', async () => {
     const daemon = await start();
     const client = await EventClient.unix(daemon.socket, 'job=*');
-    const id = (await api(daemon, 'POST', '/v1/jobs', { vm: 'dc', maxBandwidth: 8 * 1024 * 1024 })).body.id as string;
+    const id = (await api(daemon, 'POST', '/v1/jobs', { vm: 'dc', strategy: 'fork', maxBandwidth: 8 * 1024 * 1024 })).body.id as string;
     await client.waitForEvent(id, 'phase-start', (event) => event.phase === 'capture');
     const childPid = (await findChildQemu(dir))!;
     const cancelled = await api(daemon, 'POST', `/v1/jobs/${id}/cancel`);
