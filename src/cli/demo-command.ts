@@ -27,7 +27,10 @@ export async function demoCommand(context: CliContext): Promise<number> {
     print('');
     print(`strategy ${result.strategy}, disk backend ${result.diskBackend}, guest RAM ${result.memoryMiB} MiB`);
     print(`parent downtime:            ${result.downtimeMs} ms (the guest kept ticking: ${result.parentTicksAfter} after the snapshot)`);
-    print(`child had the full state:   ${result.timeToStateMs} ms after the halt`);
+    // fork-postcopy: the child runs on the device state; its RAM follows on demand.
+    print(result.strategy === 'fork-postcopy'
+      ? `child had the device state: ${result.timeToStateMs} ms after the halt (its RAM came on demand)`
+      : `child had the full state:   ${result.timeToStateMs} ms after the halt`);
     print(`snapshot image ready:       ${result.timeToImageMs} ms after the halt`);
     print('');
     print(row('', 'forksnap snapshot', 'disk-only snapshot of the same instant'));
