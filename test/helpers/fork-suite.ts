@@ -2,11 +2,11 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { childPids, fdCount, threadCount } from '../../src/qemu/process-info.js';
 import { resultOf, runCli, startCli, toCliResult } from './forksnap-cli.js';
 import { buildFailForkLibrary } from './fail-fork.js';
 import { inspectExt4 } from './image-inspect.js';
-import { findChildQemu, killLeftovers, processesMentioning } from './processes.js';
+import { expectNoParentLeak } from './parent-leaks.js';
+import { findChildQemu, forkedStreamers, killLeftovers, processesMentioning } from './processes.js';
 import { vmDiskFiles, vmStatus, withQmp } from './qmp.js';
 import { useSharedGuest } from './shared-guest.js';
 
@@ -18,16 +18,6 @@ import { useSharedGuest } from './shared-guest.js';
 export interface ForkSuiteOptions {
   readonly label: string;
   readonly qemuBinary: string;
-}
-
-/** The forked streamer: a child process of the parent QEMU named "qemu-forksnap". */
-async function forkedStreamers(parentPid: number): Promise<number[]> {
-  const found: number[] = [];
-  for (const pid of await childPids(parentPid)) {
-    const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
-    if (comm.trim() === 'qemu-forksnap') found.push(pid);
-  }
-  return found;
 }
 
 /** Signal a process that may have exited meanwhile. */
@@ -148,22 +138,7 @@ export function defineForkSuite({ label, qemuBinary: patched }: ForkSuiteOptions
     });
 
     it('20 consecutive fork snapshots leak no thread, descriptor or process in the parent', async () => {
-      const settle = () => new Promise((resolve) => setTimeout(resolve, 12_000)); // QEMU's idle worker threads exit after 10 s
-      const measure = async () => ({ threads: await threadCount(guest.pid), fds: await fdCount(guest.pid), children: await childPids(guest.pid) });
-      await settle();
-      const before = await measure();
-      for (let i = 0; i < 20; i++) {
-        const cli = await runCli(['snapshot', 'create', 'forky', '--json', '--strategy', 'fork', '--name', `loop-${i}`], guest.state);
-        expect(cli.exitCode, cli.stderr).toBe(0);
-        expect(resultOf(cli).consistency).toBe('clean');
-        await runCli(['snapshot', 'delete', `loop-${i}`], guest.state);
-      }
-      await settle();
-      const after = await measure();
-      expect(after.children).toEqual([]);
-      expect(after.fds).toBe(before.fds);
-      // A thread leaked per snapshot would add 20; QEMU's block thread pool may keep one idle worker.
-      expect(after.threads).toBeLessThanOrEqual(before.threads + 1);
+      await expectNoParentLeak(guest, 'forky', 'fork');
     }, 600_000);
 
     it('the downtime is split into forksnap\'s and QEMU\'s share; page tables are reported; guest RAM is in huge pages at the halt', async () => {

@@ -1,11 +1,10 @@
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { childPids, fdCount, threadCount } from '../../src/qemu/process-info.js';
 import { resultOf, runCli, startCli, toCliResult, type CliResult } from './forksnap-cli.js';
 import { inspectExt4 } from './image-inspect.js';
 import { expectNothingLeft } from './leftovers.js';
-import { findChildQemu, processesMentioning } from './processes.js';
+import { expectNoParentLeak } from './parent-leaks.js';
+import { findChildQemu, forkedStreamers, processesMentioning } from './processes.js';
 import { vmDiskFiles, vmStatus, withQmp } from './qmp.js';
 import { useSharedGuest } from './shared-guest.js';
 
@@ -15,16 +14,6 @@ import { useSharedGuest } from './shared-guest.js';
  * most pages never sent, the snapshot process killed mid-postcopy, the child killed mid-postcopy,
  * background push (all, and at a rate), bad input, 20 snapshots without a leak.
  */
-/** The forked snapshot process: a child process of the parent QEMU named "qemu-forksnap". */
-async function streamers(parentPid: number): Promise<number[]> {
-  const found: number[] = [];
-  for (const pid of await childPids(parentPid)) {
-    const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
-    if (comm.trim() === 'qemu-forksnap') found.push(pid);
-  }
-  return found;
-}
-
 const GUEST_RAM = 256 * 1048576;
 
 export function definePostcopySuite({ label, qemuBinary }: { label: string; qemuBinary: string }): void {
@@ -52,7 +41,7 @@ export function definePostcopySuite({ label, qemuBinary }: { label: string; qemu
       expect(await vmDiskFiles(guest.qmpSocket)).toEqual([guest.vm.disk]);
       const tick = guest.vm.control.lastTick;
       expect(await guest.vm.control.waitForTick(tick, 10_000)).toBeGreaterThan(tick);
-      expect(await streamers(guest.pid)).toEqual([]);
+      expect(await forkedStreamers(guest.pid)).toEqual([]);
       await expectNothingLeft(guest.state, guest.vm.dir);
     }
 
@@ -87,7 +76,7 @@ export function definePostcopySuite({ label, qemuBinary }: { label: string; qemu
       const started = Date.now();
       // At the isolation the child holds the device state only; every page after it needs the streamer.
       const result = await snapshotAndThen(['--name', 'streamer-killed'], /"phase-start","phase":"isolate"/, async () => {
-        killed = (await streamers(guest.pid))[0];
+        killed = (await forkedStreamers(guest.pid))[0];
         if (killed) process.kill(killed, 'SIGKILL');
       });
       expect(killed, 'no snapshot process was found').toBeDefined();
@@ -146,21 +135,7 @@ export function definePostcopySuite({ label, qemuBinary }: { label: string; qemu
     });
 
     it('20 consecutive fork-postcopy snapshots leak no thread, descriptor or process in the parent', async () => {
-      const settle = () => new Promise((resolve) => setTimeout(resolve, 12_000)); // QEMU's idle worker threads exit after 10 s
-      const measure = async () => ({ threads: await threadCount(guest.pid), fds: await fdCount(guest.pid), children: await childPids(guest.pid) });
-      await settle();
-      const before = await measure();
-      for (let i = 0; i < 20; i++) {
-        const cli = await runCli(['snapshot', 'create', 'pcy', '--json', '--strategy', 'fork-postcopy', '--name', `loop-${i}`], guest.state);
-        expect(cli.exitCode, cli.stderr).toBe(0);
-        expect(resultOf(cli).consistency).toBe('clean');
-        await runCli(['snapshot', 'delete', `loop-${i}`], guest.state);
-      }
-      await settle();
-      const after = await measure();
-      expect(after.children).toEqual([]);
-      expect(after.fds).toBe(before.fds);
-      expect(after.threads).toBeLessThanOrEqual(before.threads + 1);
+      await expectNoParentLeak(guest, 'pcy', 'fork-postcopy');
       expect(await processesMentioning(path.join(guest.state, 'work'))).toEqual([]);
     }, 600_000);
   });

@@ -1,5 +1,5 @@
 import { readdir, readFile } from 'node:fs/promises';
-import { isAlive } from '../../src/qemu/process-info.js';
+import { childPids, isAlive } from '../../src/qemu/process-info.js';
 
 /**
  * Proof that no QEMU a test started survives it: every process whose command line mentions the
@@ -49,4 +49,14 @@ export async function killLeftovers(marker: string, waitMs = 10_000): Promise<nu
 /** The child QEMU of a running job: the one started with -incoming. */
 export async function findChildQemu(marker: string): Promise<number | undefined> {
   return (await processesMentioning(marker)).find((proc) => proc.argv.includes('-incoming'))?.pid;
+}
+
+/** The fork strategies' snapshot process: a child process of the parent QEMU named "qemu-forksnap". */
+export async function forkedStreamers(parentPid: number): Promise<number[]> {
+  const found: number[] = [];
+  for (const pid of await childPids(parentPid)) {
+    const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '');
+    if (comm.trim() === 'qemu-forksnap') found.push(pid);
+  }
+  return found;
 }

@@ -1,15 +1,8 @@
-import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { chooseStrategy, supportedStrategies } from '../../../src/forker/choose-strategy.js';
-import { fakeQmpPeer, type FakeQmpServerOptions } from '../../helpers/fake-qmp-server.js';
+import { useFakeQmpPeers } from '../../helpers/fake-qmp-peers.js';
 
-const log = pino({ level: 'silent' });
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-const qmpWith = (handlers: FakeQmpServerOptions['handlers']) => fakeQmpPeer(handlers, cleanups, log);
+const { qmpWith } = useFakeQmpPeers();
 
 describe('choosing a strategy never files a cancel or a dropped connection under "not supported"', () => {
   const capabilities = { return: [{ capability: 'background-snapshot', state: false }, { capability: 'pause-before-switchover', state: false }] };

@@ -1,23 +1,9 @@
-import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ParentPostcopyTail } from '../../../src/forker/postcopy-tail.js';
 import { waitForPostcopyDestination } from '../../../src/forker/wait-for-migration.js';
-import { QemuChildProcess } from '../../../src/qemu/child-process.js';
-import { fakeQmpPeer, type FakeQmpServerOptions } from '../../helpers/fake-qmp-server.js';
+import { useFakeQmpPeers } from '../../helpers/fake-qmp-peers.js';
 
-const log = pino({ level: 'silent' });
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-const qmpWith = (handlers: FakeQmpServerOptions['handlers']) => fakeQmpPeer(handlers, cleanups, log);
-
-function sleeper(): QemuChildProcess {
-  const child = QemuChildProcess.spawn(['sleep', '100'], log);
-  cleanups.push(() => child.terminate(undefined, 500).then(() => undefined));
-  return child;
-}
+const { log, cleanups, qmpWith, sleeper } = useFakeQmpPeers();
 
 const MiB = 1048576;
 const ram = (extra: Record<string, number> = {}) => ({ transferred: 9 * MiB, remaining: 200 * MiB, total: 256 * MiB, normal: 2000, duplicate: 250, 'page-size': 4096, 'postcopy-requests': 2227, ...extra });

@@ -1,22 +1,8 @@
-import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { waitForIncomingComplete, waitForMigrationStatus, waitUntilMigrationFinalized } from '../../../src/forker/wait-for-migration.js';
-import { QemuChildProcess } from '../../../src/qemu/child-process.js';
-import { fakeQmpPeer, type FakeQmpServerOptions } from '../../helpers/fake-qmp-server.js';
+import { useFakeQmpPeers } from '../../helpers/fake-qmp-peers.js';
 
-const log = pino({ level: 'silent' });
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-const qmpWith = (handlers: FakeQmpServerOptions['handlers']) => fakeQmpPeer(handlers, cleanups, log);
-
-function sleeper(): QemuChildProcess {
-  const child = QemuChildProcess.spawn(['sleep', '100'], log);
-  cleanups.push(() => child.terminate(undefined, 500).then(() => undefined));
-  return child;
-}
+const { qmpWith, sleeper } = useFakeQmpPeers();
 
 describe('waitForMigrationStatus', () => {
   it('polls until the status holds and reports RAM progress', async () => {
